@@ -1,0 +1,28 @@
+"""GLAM networks as MONAI-style components."""
+
+from glam_bundle.networks.aggregation import ConcatAggregation, GatedAttentionAggregation
+from glam_bundle.networks.fusion import FusionModule
+from glam_bundle.networks.glam import GLAM, GLAMSaliency
+from glam_bundle.networks.global_network import BasicBlockV2, GlobalBackbone, GlobalNetwork, MultiScaleSaliencyHeads
+from glam_bundle.networks.local_network import HighResResNet, LocalNetwork
+from glam_bundle.networks.patch_selection import crop_patches, paste_patch_maps, select_patch_locations
+from glam_bundle.networks.pooling import TopTPooling, top_t_pool
+
+__all__ = [
+    "GLAM",
+    "GLAMSaliency",
+    "BasicBlockV2",
+    "ConcatAggregation",
+    "FusionModule",
+    "GatedAttentionAggregation",
+    "GlobalBackbone",
+    "GlobalNetwork",
+    "HighResResNet",
+    "LocalNetwork",
+    "MultiScaleSaliencyHeads",
+    "TopTPooling",
+    "crop_patches",
+    "paste_patch_maps",
+    "select_patch_locations",
+    "top_t_pool",
+]

@@ -1,0 +1,76 @@
+"""Conversion of checkpoints in the original GLAM layout (nyukat/GLAM ``model_sep.ckpt`` /
+``model_joint.ckpt``) to this bundle's GLAM state dict."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+# (original key prefix pattern, bundle key prefix); block-internal names are shared by both layouts.
+ORIGINAL_KEY_RULES = (
+    (r"^global_network\.downsampling_branch\.", "global_module.backbone."),
+    (r"^global_network\.postprocess_module\.gn_conv_1\.", "global_module.heads.conv0."),
+    (r"^global_network\.postprocess_module\.gn_conv_2\.", "global_module.heads.conv1."),
+    (r"^global_network\.postprocess_module\.gn_conv_last\.", "global_module.heads.conv2."),
+    (r"^global_network\.postprocess_module\.combine\.weight$", "global_module.heads.combine"),
+    (r"^detection_network\.dn_resnet\.", "local_module.backbone."),
+    (r"^detection_network\.gn_conv_last\.", "local_module.saliency_head."),
+)
+
+
+def rename_original_key(key: str) -> str | None:
+    """Bundle key for an original key, or None for a key the bundle has no place for."""
+    for pattern, replacement in ORIGINAL_KEY_RULES:
+        if re.match(pattern, key):
+            return re.sub(pattern, replacement, key)
+    return None
+
+
+def convert_original_state_dict(
+    original: Mapping[str, torch.Tensor], network: nn.Module
+) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
+    """Map an original-layout state dict onto ``network`` (a GLAM).
+
+    Every global- and local-module key of ``network`` must be present in ``original`` with the same shape.
+    Parts the original release does not have (attention aggregation, fusion) keep ``network``'s current
+    values, so the result loads strictly.
+
+    Returns:
+        (state dict for ``network``, original keys that were ignored, bundle keys kept from ``network``).
+
+    Raises:
+        KeyError: when an expected key is missing; ValueError: on a shape mismatch.
+    """
+    target = network.state_dict()
+    converted: dict[str, torch.Tensor] = {}
+    ignored = []
+    for key, value in original.items():
+        new_key = rename_original_key(key)
+        if new_key is None or new_key not in target:
+            ignored.append(key)
+            continue
+        if tuple(value.shape) != tuple(target[new_key].shape):
+            raise ValueError(f"{key}: shape {tuple(value.shape)} does not match {new_key} {tuple(target[new_key].shape)}")
+        converted[new_key] = value.to(target[new_key].dtype)
+    expected = [k for k in target if k.startswith(("global_module.", "local_module."))]
+    missing = [k for k in expected if k not in converted]
+    if missing:
+        raise KeyError(f"{len(missing)} expected keys are missing from the original checkpoint, e.g. {missing[:5]}")
+    kept = [k for k in target if k not in converted]
+    return {**target, **converted}, ignored, kept
+
+
+def load_original_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read an original checkpoint safely (``weights_only=True``): a state dict, or a dict holding one under
+    "model" / "state_dict"."""
+    checkpoint = torch.load(Path(path), map_location="cpu", weights_only=True)
+    for key in ("model", "state_dict"):
+        if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get(key), Mapping):
+            checkpoint = checkpoint[key]
+    if not isinstance(checkpoint, Mapping) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        raise ValueError(f"{path}: not a state dict of tensors")
+    return dict(checkpoint)

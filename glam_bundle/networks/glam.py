@@ -1,0 +1,122 @@
+"""GLAM: the global module, patch selection, the local module, patch aggregation and fusion in one network
+(paper section 3, figure 2)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from glam_bundle.networks.aggregation import ConcatAggregation, GatedAttentionAggregation
+from glam_bundle.networks.fusion import FusionModule
+from glam_bundle.networks.global_network import GlobalNetwork
+from glam_bundle.networks.local_network import LocalNetwork
+from glam_bundle.networks.patch_selection import crop_patches, paste_patch_maps, select_patch_locations
+
+AGGREGATIONS = {"concat": ConcatAggregation, "attention": GatedAttentionAggregation}
+
+
+class GLAM(nn.Module):
+    """Global-Local Activation Maps.
+
+    Args:
+        in_channels: image channels (1).
+        num_classes: classes (2: channel 0 benign, 1 malignant).
+        global_percent_t: t of the global top-t% pooling (released model: 0.03).
+        local_percent_t: t of the local top-t% pooling (paper: 0.2; the released code computes its unused local
+            prediction with 0.3).
+        gammas: (γ0, γ1, γ2) of S_g = Σ γ_n S_n (0.2, 0.6, 0.2).
+        num_patches: M, patches used in evaluation mode (paper and release: 1).
+        num_patches_train: K, patches used in training mode (paper: 6).
+        crop_size: patch size in image pixels (512, 512).
+        aggregation: "attention" (gated attention, joint training) or "concat" (local-module training).
+        use_fusion: add the fusion module and ``y_fusion``.
+        gamma_c: weight of S_g in S_c = γ_c S_g + (1 − γ_c) S_l (paper: 0.5, appendix G.9).
+        global_channels, global_blocks_per_stage: global backbone size (paper defaults).
+        local_layers, local_channels: local backbone size (ResNet-34 defaults).
+
+    Forward: x (N, 1, H, W), e.g. H=2944, W=1920 -> dict with
+        ``y_global`` (N, 2) ŷ_g; ``y_local`` (N, 2) ŷ_l; ``y_fusion`` (N, 2) ŷ_f when fusion is on;
+        ``saliency_global`` (N, 2, h, w) S_g on the h0 grid (184×120);
+        ``saliency_local`` (N, 2, H, W) S_l (zero outside the patches);
+        ``saliency`` (N, 2, H, W) S_c at the input resolution;
+        ``patch_locations`` (N, K, 2) upper-left (row, col) of the patches;
+        ``saliency_patches`` (N, K, 2, a, b) A_k (128×128 for 512 patches);
+        ``saliency_scales`` (N, 3, 2, h, w), ``y_scales`` (N, 3, 2), ``z_global`` (N, 256),
+        ``z_local`` (N, 512), and ``attention`` (N, K) with attention aggregation.
+        With ``global_only=True`` only the global module's entries are computed.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        global_percent_t: float = 0.03,
+        local_percent_t: float = 0.2,
+        gammas: Sequence[float] = (0.2, 0.6, 0.2),
+        num_patches: int = 1,
+        num_patches_train: int = 6,
+        crop_size: Sequence[int] = (512, 512),
+        aggregation: str = "attention",
+        use_fusion: bool = True,
+        gamma_c: float = 0.5,
+        global_channels: Sequence[int] = (16, 32, 64, 128, 256),
+        global_blocks_per_stage: int = 2,
+        local_layers: Sequence[int] = (3, 4, 6, 3),
+        local_channels: Sequence[int] = (64, 128, 256, 512),
+    ) -> None:
+        super().__init__()
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {sorted(AGGREGATIONS)}, got {aggregation!r}")
+        if not 0.0 <= gamma_c <= 1.0:
+            raise ValueError(f"gamma_c must be in [0, 1], got {gamma_c}")
+        self.num_patches = num_patches
+        self.num_patches_train = num_patches_train
+        self.crop_size = tuple(crop_size)
+        self.gamma_c = gamma_c
+        self.global_module = GlobalNetwork(
+            in_channels, num_classes, global_percent_t, gammas, global_channels, global_blocks_per_stage
+        )
+        self.local_module = LocalNetwork(num_classes, layers=local_layers, channels=local_channels)
+        local_size = self.local_module.representation_size
+        if aggregation == "attention":
+            self.aggregation = GatedAttentionAggregation(local_size, percent_t=local_percent_t)
+        else:
+            self.aggregation = ConcatAggregation(local_percent_t)
+        self.fusion = FusionModule(self.global_module.representation_size, local_size, num_classes) if use_fusion else None
+
+    def forward(self, x: torch.Tensor, global_only: bool = False) -> dict[str, torch.Tensor]:
+        image_size = tuple(x.shape[-2:])
+        if image_size[0] < self.crop_size[0] or image_size[1] < self.crop_size[1]:
+            raise ValueError(f"input {image_size} is smaller than the {self.crop_size} patch")
+        out = self.global_module(x)
+        if global_only:
+            return out
+        num_patches = self.num_patches_train if self.training else self.num_patches
+        locations = select_patch_locations(out["saliency_global"], image_size, self.crop_size, num_patches)
+        patches = crop_patches(x[:, :1], locations, self.crop_size)  # (N, K, 1, P, P)
+        n, k = patches.shape[:2]
+        local = self.local_module(patches.flatten(0, 1))
+        patch_maps = local["saliency_patch"].unflatten(0, (n, k))
+        out.update(self.aggregation(patch_maps, local["z_patch"].unflatten(0, (n, k))))
+        if self.fusion is not None:
+            out["y_fusion"] = self.fusion(out["z_global"], out["z_local"])
+        saliency_local = paste_patch_maps(patch_maps, locations, image_size, self.crop_size)
+        saliency_global_full = F.interpolate(out["saliency_global"], size=image_size, mode="nearest")
+        out.update(
+            patch_locations=locations,
+            saliency_patches=patch_maps,
+            saliency_local=saliency_local,
+            saliency=self.gamma_c * saliency_global_full + (1.0 - self.gamma_c) * saliency_local,
+        )
+        return out
+
+
+class GLAMSaliency(GLAM):
+    """GLAM returning only the combined saliency map S_c (N, 2, H, W), for tools that need one tensor
+    (``monai.bundle verify_net_in_out``, MONAI Label, TorchScript export). Same weights and arguments as GLAM."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(x)["saliency"]

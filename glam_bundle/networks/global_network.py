@@ -1,0 +1,181 @@
+"""The global module f_g of GLAM: a memory-efficient pre-activation ResNet (GMIC's "ResNetV2") with
+multi-scale saliency heads (paper section 3.2 and appendix B; reference spec section 1)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from glam_bundle.networks.pooling import TopTPooling
+
+
+class BasicBlockV2(nn.Module):
+    """Pre-activation residual block of the global module.
+
+    ``a = relu(bn1(x))``; ``out = conv2(relu(bn2(conv1(a)))) + shortcut`` where the shortcut is a 1×1
+    projection of the *pre-activated* ``a`` when the block has one, else ``x``; no activation after the sum.
+    MONAI's ``ResNetBlock`` is post-activation and its projection sees the raw input, so this block is
+    written out to match the original weights.
+
+    Args:
+        in_channels: C_in.
+        out_channels: C_out.
+        stride: stride of ``conv1`` and of the projection.
+        project: add the 1×1 projection shortcut (block 0 of every stage in the original, even 16→16).
+
+    Shapes: (N, C_in, H, W) -> (N, C_out, ceil(H/stride), ceil(W/stride)).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, project: bool = False) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, stride=1, padding=1, bias=False)
+        self.relu = nn.ReLU(inplace=True)
+        # Sequential keeps the original key name "downsample.0.weight".
+        self.downsample = (
+            nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)) if project else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        activated = self.relu(self.bn1(x))
+        shortcut = x if self.downsample is None else self.downsample(activated)
+        out = self.conv2(self.relu(self.bn2(self.conv1(activated))))
+        return out + shortcut
+
+
+class GlobalBackbone(nn.Module):
+    """Pre-activation ResNet encoder of the global module, returning the feature pyramid (h0, h1, h2).
+
+    For a (N, 1, 2944, 1920) input: first_conv 7×7/2 → 16×1472×960, 3×3/2 max-pool (no padding) →
+    16×735×479, stages of ``blocks_per_stage`` BasicBlockV2 with channels 16, 32, 64, 128, 256 (strides 1, 2,
+    2, 2, 2) → h0 = stage 2 output 64×184×120, h1 = stage 3 output 128×92×60, h2 = relu(final_bn(stage 4))
+    256×46×30.
+
+    Args:
+        in_channels: image channels (1 for mammograms).
+        channels: output channels of the stages (the first entry is also the stem width).
+        strides: first-block stride of each stage.
+        blocks_per_stage: BasicBlockV2 per stage.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        channels: Sequence[int] = (16, 32, 64, 128, 256),
+        strides: Sequence[int] = (1, 2, 2, 2, 2),
+        blocks_per_stage: int = 2,
+    ) -> None:
+        super().__init__()
+        if len(channels) != 5 or len(strides) != 5:
+            raise ValueError("the global backbone has five stages; h0, h1, h2 come from stages 2, 3, 4")
+        self.first_conv = nn.Conv2d(in_channels, channels[0], 7, stride=2, padding=3, bias=False)
+        self.first_pool = nn.MaxPool2d(3, stride=2, padding=0)
+        stages = []
+        stage_in = channels[0]
+        for out_ch, stride in zip(channels, strides):
+            blocks = [BasicBlockV2(stage_in, out_ch, stride, project=True)]
+            blocks += [BasicBlockV2(out_ch, out_ch) for _ in range(blocks_per_stage - 1)]
+            stages.append(nn.Sequential(*blocks))
+            stage_in = out_ch
+        self.layer_list = nn.ModuleList(stages)
+        self.final_bn = nn.BatchNorm2d(channels[-1])
+        self.relu = nn.ReLU(inplace=True)
+        self.out_channels = tuple(channels[2:])
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(N, 1, H, W) -> (h0, h1, h2); h0 and h1 are raw residual sums, h2 is post-activated."""
+        x = self.first_pool(self.first_conv(x))
+        x = self.layer_list[1](self.layer_list[0](x))
+        h0 = self.layer_list[2](x)
+        h1 = self.layer_list[3](h0)
+        h2 = self.relu(self.final_bn(self.layer_list[4](h1)))
+        return h0, h1, h2
+
+
+class MultiScaleSaliencyHeads(nn.Module):
+    """1×1 convolution + sigmoid heads producing S0, S1, S2 from (h0, h1, h2), all at h0's resolution.
+
+    As in the released code, the logits of S1 and S2 are nearest-upsampled to h0's size (184×120 for a
+    2944×1920 input) before the sigmoid, so S_g and the top-t pooling live on that grid.
+
+    Args:
+        in_channels: channels of (h0, h1, h2).
+        num_classes: saliency channels (2: benign, malignant).
+        keep_combine: keep the original's unused 1×1 ``combine`` weight (2×6) so that the authors'
+            checkpoints load strictly; it takes no part in the forward pass.
+
+    Shapes: -> (N, 3, num_classes, h0_h, h0_w), scales stacked along dim 1 in the order S0, S1, S2.
+    """
+
+    def __init__(
+        self, in_channels: Sequence[int] = (64, 128, 256), num_classes: int = 2, keep_combine: bool = True
+    ) -> None:
+        super().__init__()
+        self.conv0, self.conv1, self.conv2 = (nn.Conv2d(c, num_classes, 1, bias=False) for c in in_channels)
+        if keep_combine:
+            self.combine = nn.Parameter(torch.empty(num_classes, num_classes * 3, 1, 1))
+            nn.init.xavier_normal_(self.combine)
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        h0, h1, h2 = features
+        size = h0.shape[-2:]
+        logits = [
+            self.conv0(h0),
+            F.interpolate(self.conv1(h1), size=size, mode="nearest"),
+            F.interpolate(self.conv2(h2), size=size, mode="nearest"),
+        ]
+        return torch.sigmoid(torch.stack(logits, dim=1))
+
+
+class GlobalNetwork(nn.Module):
+    """Global module f_g: backbone, multi-scale saliency, S_g, ŷ_g and the representation z_g.
+
+    Args:
+        in_channels: image channels.
+        num_classes: classes (2: benign, malignant).
+        percent_t: t of the top-t% pooling (released: 0.03).
+        gammas: (γ0, γ1, γ2) weights of S0, S1, S2 in S_g (paper and release: 0.2, 0.6, 0.2).
+        channels, blocks_per_stage: backbone size (defaults: the paper's network).
+
+    Forward: x (N, 1, H, W) -> dict with
+        ``saliency_scales`` (N, 3, 2, h, w): S0, S1, S2 on the h0 grid (184×120 for 2944×1920);
+        ``y_scales`` (N, 3, 2): top-t pooled ỹ0, ỹ1, ỹ2;
+        ``saliency_global`` (N, 2, h, w): S_g = Σ γ_n S_n;
+        ``y_global`` (N, 2): ŷ_g = mean of ỹ_n (probabilities);
+        ``z_global`` (N, 256): spatial max-pool of h2.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        percent_t: float = 0.03,
+        gammas: Sequence[float] = (0.2, 0.6, 0.2),
+        channels: Sequence[int] = (16, 32, 64, 128, 256),
+        blocks_per_stage: int = 2,
+    ) -> None:
+        super().__init__()
+        if len(gammas) != 3 or min(gammas) < 0 or abs(sum(gammas) - 1.0) > 1e-6:
+            raise ValueError(f"gammas must be three non-negative weights summing to 1, got {gammas}")
+        self.backbone = GlobalBackbone(in_channels, channels, blocks_per_stage=blocks_per_stage)
+        self.heads = MultiScaleSaliencyHeads(self.backbone.out_channels, num_classes)
+        self.pool = TopTPooling(percent_t)
+        self.register_buffer("gammas", torch.tensor(gammas, dtype=torch.float32).view(1, 3, 1, 1, 1), persistent=False)
+        self.representation_size = self.backbone.out_channels[-1]
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h0, h1, h2 = self.backbone(x)
+        scales = self.heads((h0, h1, h2))
+        y_scales = self.pool(scales.flatten(1, 2)).view(scales.shape[:3])
+        return {
+            "saliency_scales": scales,
+            "y_scales": y_scales,
+            "saliency_global": (scales * self.gammas.to(scales.dtype)).sum(dim=1),
+            "y_global": y_scales.mean(dim=1),
+            "z_global": h2.amax(dim=(2, 3)),
+        }

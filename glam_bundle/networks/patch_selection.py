@@ -1,0 +1,129 @@
+"""Patch selection (paper Algorithm 1, appendix A; reference spec section 2): greedy, batched choice of the
+windows of the global saliency map with the largest mean, their crops from the image, and the pasting of
+patch maps back into the image frame."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def _round_half_even(values: torch.Tensor) -> torch.Tensor:
+    # torch.round rounds half to even, like numpy's around used by the original.
+    return torch.round(values)
+
+
+def saliency_window_size(
+    saliency_size: Sequence[int], image_size: Sequence[int], crop_size: Sequence[int]
+) -> tuple[int, int]:
+    """Size on the saliency grid of a crop_size window of the image: ``round(crop · h / H)`` per axis
+    (half to even, as numpy's round in the original); 32×32 for a 512 crop, 184×120 map, 2944×1920 image."""
+    return tuple(
+        int(_round_half_even(torch.tensor(c * s / i, dtype=torch.float64)))
+        for c, s, i in zip(crop_size, saliency_size, image_size)
+    )
+
+
+def select_patch_locations(
+    saliency: torch.Tensor, image_size: Sequence[int], crop_size: Sequence[int] = (512, 512), num_patches: int = 1
+) -> torch.Tensor:
+    """Greedy patch selection on the global saliency map (Algorithm 1).
+
+    Each class channel is min-max normalised, the channels are summed, and ``num_patches`` times the window
+    with the largest sum is taken (first index in row-major order on ties) and zeroed out, so windows
+    chosen later do not reuse those positions.
+
+    Args:
+        saliency: S_g, (N, C, h, w).
+        image_size: (H, W) of the image the map belongs to.
+        crop_size: (h_c, w_c) of a patch in image pixels.
+        num_patches: K (training) or M (inference).
+
+    Returns:
+        (N, num_patches, 2) long tensor of upper-left (row, col) corners in image pixels,
+        ``round(r / h · H)``, clamped so that each patch lies inside the image.
+    """
+    n, _, h, w = saliency.shape
+    win_h, win_w = saliency_window_size((h, w), image_size, crop_size)
+    if not (0 < win_h <= h and 0 < win_w <= w):
+        raise ValueError(f"crop {tuple(crop_size)} does not fit a {tuple(image_size)} image / {h}×{w} map")
+    with torch.no_grad():
+        flat = saliency.detach().float().flatten(2)
+        low, high = flat.amin(dim=2, keepdim=True), flat.amax(dim=2, keepdim=True)
+        # No epsilon, as the original: a constant channel gives NaN, replaced by 0 so selection goes on.
+        normalised = torch.nan_to_num((flat - low) / (high - low), nan=0.0)
+        summed = normalised.sum(dim=1).view(n, 1, h, w)
+        pooled_w = w - win_w + 1
+        rows_idx = torch.arange(h, device=saliency.device).view(1, h, 1)
+        cols_idx = torch.arange(w, device=saliency.device).view(1, 1, w)
+        corners = []
+        for _ in range(num_patches):
+            window_mean = F.avg_pool2d(summed, (win_h, win_w), stride=1).flatten(1)
+            index = window_mean.argmax(dim=1)
+            r, c = index // pooled_w, index % pooled_w
+            corners.append(torch.stack([r, c], dim=1))
+            inside = (
+                (rows_idx >= r.view(n, 1, 1))
+                & (rows_idx < (r + win_h).view(n, 1, 1))
+                & (cols_idx >= c.view(n, 1, 1))
+                & (cols_idx < (c + win_w).view(n, 1, 1))
+            )
+            summed = summed.masked_fill(inside.unsqueeze(1), 0.0)
+        grid_corners = torch.stack(corners, dim=1).double()
+    scale = torch.tensor([image_size[0] / h, image_size[1] / w], dtype=torch.float64, device=saliency.device)
+    image_corners = _round_half_even(grid_corners * scale).long()
+    upper = torch.tensor(
+        [image_size[0] - crop_size[0], image_size[1] - crop_size[1]], device=saliency.device
+    ).clamp(min=0)
+    return torch.minimum(image_corners, upper)
+
+
+def crop_patches(image: torch.Tensor, locations: torch.Tensor, crop_size: Sequence[int] = (512, 512)) -> torch.Tensor:
+    """Cut patches at the given upper-left corners, differentiably (gather by index).
+
+    Args:
+        image: (N, C, H, W).
+        locations: (N, K, 2) upper-left (row, col), patches lying inside the image.
+        crop_size: (h_c, w_c).
+
+    Returns:
+        (N, K, C, h_c, w_c).
+    """
+    n, k = locations.shape[:2]
+    rows = locations[..., 0, None] + torch.arange(crop_size[0], device=image.device)  # (N, K, h_c)
+    cols = locations[..., 1, None] + torch.arange(crop_size[1], device=image.device)  # (N, K, w_c)
+    batch = torch.arange(n, device=image.device).view(n, 1, 1, 1)
+    # Advanced indices split by the channel slice come first: (N, K, h_c, w_c, C).
+    patches = image[batch, :, rows[..., :, None], cols[..., None, :]]
+    return patches.permute(0, 1, 4, 2, 3)
+
+
+def paste_patch_maps(
+    patch_maps: torch.Tensor, locations: torch.Tensor, image_size: Sequence[int], crop_size: Sequence[int] = (512, 512)
+) -> torch.Tensor:
+    """Put patch saliency maps back into the image frame (S_l), on a zero background.
+
+    Each map is nearest-upsampled to the crop size and assigned (not added) at its location; later patches
+    overwrite earlier ones where they overlap, as in the released code.
+
+    Args:
+        patch_maps: (N, K, C, a, b), e.g. 128×128 maps of 512×512 patches.
+        locations: (N, K, 2) upper-left corners.
+        image_size: (H, W).
+        crop_size: (h_c, w_c).
+
+    Returns:
+        (N, C, H, W).
+    """
+    n, k, c = patch_maps.shape[:3]
+    upsampled = F.interpolate(patch_maps.flatten(0, 1), size=tuple(crop_size), mode="nearest")
+    upsampled = upsampled.view(n, k, c, *crop_size)
+    canvas = patch_maps.new_zeros((n, c, *image_size))
+    rows = locations[..., 0, None] + torch.arange(crop_size[0], device=patch_maps.device)
+    cols = locations[..., 1, None] + torch.arange(crop_size[1], device=patch_maps.device)
+    batch = torch.arange(n, device=patch_maps.device).view(n, 1, 1)
+    for j in range(k):
+        canvas[batch, :, rows[:, j, :, None], cols[:, j, None, :]] = upsampled[:, j].permute(0, 2, 3, 1)
+    return canvas
