@@ -1,0 +1,142 @@
+"""Shapes, parameter counts and behaviour of the GLAM networks (paper sizes at 2944×1920)."""
+
+import pytest
+import torch
+
+from glam_bundle.networks import (
+    GLAM,
+    ConcatAggregation,
+    FusionModule,
+    GatedAttentionAggregation,
+    GlobalNetwork,
+    LocalNetwork,
+    TopTPooling,
+)
+
+H, W = 2944, 1920
+SMALL = dict(global_channels=(4, 8, 8, 8, 8), global_blocks_per_stage=1, local_layers=(1, 1, 1, 1), local_channels=(8, 8, 8, 16))
+
+
+def trainable(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def test_parameter_counts_match_the_original():
+    model = GLAM()
+    assert trainable(model.global_module) == 2_800_444  # includes the 12 of the unused `combine` weight
+    assert trainable(model.local_module) == 21_285_696
+
+
+@torch.no_grad()
+def test_global_module_shapes_at_paper_resolution():
+    net = GlobalNetwork().eval()
+    h0, h1, h2 = net.backbone(torch.randn(1, 1, H, W))
+    assert h0.shape == (1, 64, 184, 120)
+    assert h1.shape == (1, 128, 92, 60)
+    assert h2.shape == (1, 256, 46, 30)
+    out = net.heads((h0, h1, h2))
+    assert out.shape == (1, 3, 2, 184, 120)
+
+
+@torch.no_grad()
+def test_global_module_outputs_and_combination():
+    net = GlobalNetwork().eval()
+    out = net(torch.randn(2, 1, H, W))
+    assert out["saliency_global"].shape == (2, 2, 184, 120)
+    assert out["y_global"].shape == (2, 2) and out["z_global"].shape == (2, 256)
+    s0, s1, s2 = out["saliency_scales"].unbind(1)
+    torch.testing.assert_close(out["saliency_global"], 0.2 * s0 + 0.6 * s1 + 0.2 * s2)
+    # S1 and S2 are replicated 2×2 and 4×4 blocks of their native 92×60 and 46×30 maps
+    assert torch.equal(s1[..., ::2, ::2].repeat_interleave(2, -2).repeat_interleave(2, -1), s1)
+    assert torch.equal(s2[..., ::4, ::4].repeat_interleave(4, -2).repeat_interleave(4, -1), s2)
+    k = round(184 * 120 * 0.03)
+    expected = s1.flatten(2).topk(k, dim=-1).values.mean(-1)
+    torch.testing.assert_close(out["y_scales"][:, 1], expected)
+    torch.testing.assert_close(out["y_global"], out["y_scales"].mean(1))
+
+
+@torch.no_grad()
+def test_local_module_gives_128_map_for_512_patch():
+    out = LocalNetwork().eval()(torch.randn(2, 1, 512, 512))
+    assert out["saliency_patch"].shape == (2, 2, 128, 128)
+    assert out["z_patch"].shape == (2, 512)
+    assert 0 <= out["saliency_patch"].min() and out["saliency_patch"].max() <= 1
+
+
+def test_top_t_pooling():
+    x = torch.arange(100, dtype=torch.float32).view(1, 1, 10, 10).repeat(1, 2, 1, 1)
+    assert torch.equal(TopTPooling(0.05)(x), torch.full((1, 2), 97.0))  # mean of 95..99
+    with pytest.raises(ValueError):
+        TopTPooling(0.0)
+
+
+def test_concat_aggregation_pools_over_all_patches():
+    maps = torch.zeros(1, 3, 2, 4, 4)
+    maps[0, 2, 1] = 1.0  # only the third patch is salient for class 1
+    out = ConcatAggregation(percent_t=16 / 48)(maps, torch.randn(1, 3, 5))
+    torch.testing.assert_close(out["y_local"], torch.tensor([[0.0, 1.0]]))
+    assert out["z_local"].shape == (1, 5)
+
+
+def test_gated_attention_weights_are_a_distribution():
+    agg = GatedAttentionAggregation(feature_size=5, hidden_size=3, percent_t=0.5)
+    maps, feats = torch.rand(2, 4, 2, 8, 8), torch.randn(2, 4, 5)
+    out = agg(maps, feats)
+    torch.testing.assert_close(out["attention"].sum(1), torch.ones(2))
+    per_patch = maps.flatten(3).topk(32, dim=-1).values.mean(-1)
+    torch.testing.assert_close(out["y_local"], (out["attention"][..., None] * per_patch).sum(1))
+    torch.testing.assert_close(out["z_local"], (out["attention"][..., None] * feats).sum(1))
+
+
+def test_fusion_is_one_linear_layer():
+    fusion = FusionModule(global_size=3, local_size=2)
+    zg, zl = torch.randn(4, 3), torch.randn(4, 2)
+    expected = torch.sigmoid(torch.cat([zg, zl], 1) @ fusion.linear.weight.T + fusion.linear.bias)
+    torch.testing.assert_close(fusion(zg, zl), expected)
+
+
+@pytest.mark.parametrize("aggregation", ["attention", "concat"])
+def test_glam_forward_dict_and_training_patches(aggregation):
+    torch.manual_seed(0)
+    model = GLAM(aggregation=aggregation, num_patches=1, num_patches_train=3, crop_size=(128, 128), **SMALL)
+    x = torch.randn(2, 1, 736, 480)
+    model.train()
+    out = model(x)
+    assert out["patch_locations"].shape == (2, 3, 2)
+    assert out["saliency_patches"].shape == (2, 3, 2, 32, 32)
+    loss = sum(out[k].mean() for k in ("y_global", "y_local", "y_fusion"))
+    loss.backward()
+    assert model.global_module.heads.conv1.weight.grad.abs().sum() > 0
+    assert model.local_module.saliency_head.weight.grad.abs().sum() > 0
+    assert model.fusion.linear.weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    assert out["patch_locations"].shape == (2, 1, 2)
+    for key in ("y_global", "y_local", "y_fusion"):
+        assert out[key].shape == (2, 2)
+    assert out["saliency"].shape == out["saliency_local"].shape == (2, 2, 736, 480)
+    # outside the patch S_c is half the upsampled S_g (gamma_c = 0.5, S_l = 0 there)
+    g_full = torch.nn.functional.interpolate(out["saliency_global"], size=(736, 480), mode="nearest")
+    r, c = out["patch_locations"][0, 0].tolist()
+    outside = torch.ones(736, 480, dtype=torch.bool)
+    outside[r : r + 128, c : c + 128] = False
+    torch.testing.assert_close(out["saliency"][0][:, outside], 0.5 * g_full[0][:, outside])
+    inside = out["saliency"][0, :, r : r + 128, c : c + 128]
+    local = out["saliency_patches"][0, 0].repeat_interleave(4, -2).repeat_interleave(4, -1)
+    torch.testing.assert_close(inside, 0.5 * (g_full[0, :, r : r + 128, c : c + 128] + local))
+
+
+def test_glam_gamma_c_and_options():
+    model = GLAM(use_fusion=False, gamma_c=1.0, crop_size=(128, 128), **SMALL).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 1, 368, 240))
+    assert "y_fusion" not in out
+    g_full = torch.nn.functional.interpolate(out["saliency_global"], size=(368, 240), mode="nearest")
+    torch.testing.assert_close(out["saliency"], g_full)
+    with pytest.raises(ValueError, match="smaller"):
+        model(torch.randn(1, 1, 100, 100))
+    with pytest.raises(ValueError):
+        GLAM(aggregation="max")
+    with pytest.raises(ValueError):
+        GlobalNetwork(gammas=(0.5, 0.6, 0.2))
