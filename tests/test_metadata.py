@@ -10,6 +10,7 @@ import sys
 
 import jsonschema
 import pytest
+import torch
 
 from tests.conftest import REPO_ROOT
 
@@ -189,6 +190,32 @@ def test_network_data_format_follows_project_conventions(metadata):
     probabilities = fmt["outputs"]["class_probabilities"]
     assert (probabilities["type"], probabilities["num_channels"]) == ("probabilities", 2)
     assert probabilities["channel_def"] == class_channels
+
+
+def test_network_matches_network_data_format(tmp_path):
+    """monai's verify_net_in_out (input channels/dtype, output channels/dtype) on the single-tensor GLAM wrapper.
+
+    A narrow network on a 256x160 input keeps it fast: widths and patch size change neither the channel
+    counts nor the dtypes; the full 2944x1920 shape itself is checked in the test above.
+    """
+    from monai.bundle import ConfigParser, verify_net_in_out
+
+    network_def = {
+        "_target_": "glam_bundle.networks.GLAMSaliency",
+        "crop_size": [64, 64],
+        "global_channels": [4, 4, 8, 8, 8],
+        "local_layers": [1, 1, 1, 1],
+        "local_channels": [4, 4, 8, 8],
+    }
+    config = _write_json(tmp_path / "network.json", {"network_def": network_def})
+    small_input = {"_meta_#network_data_format#inputs#image#spatial_shape": [256, 160]}
+    verify_net_in_out(net_id="network_def", meta_file=str(META_FILE), config_file=config, device="cpu", **small_input)
+
+    # verify_net_in_out does not compare spatial sizes: pred must have the input's (H, W)
+    network = ConfigParser({"network_def": network_def}).get_parsed_content("network_def").eval()
+    with torch.no_grad():
+        pred = network(torch.rand(1, 1, 256, 160))
+    assert pred.shape == (1, 2, 256, 160)
 
 
 def test_metadata_states_research_use_and_cites_glam(metadata):
