@@ -1,0 +1,342 @@
+"""Synthetic mammogram phantoms with lesions of known class and mask, for demos and tests without private data.
+
+A phantom is a 12-bit (0..4095) uint16 image laid out like a raw NYU view: a left breast faces right
+(chest wall at column 0), a right breast faces left, background is 0. It has a half-ellipse breast
+outline with a skin line, parenchyma made of power-law (1/f^beta) noise, a pectoral muscle triangle on
+MLO views, and lesions that are brighter than the tissue around them:
+
+- benign: larger circumscribed round/oval masses;
+- malignant: small irregular masses with spicules, or clusters of tiny bright calcifications.
+
+Lesion sizes are fractions of the image height, so a 368x240 phantom is a scaled-down 2944x1920 one
+(calcification specks never shrink below one pixel).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from scipy import fft, ndimage
+
+from glam_bundle.data.datalist import DEFAULT_FRACTIONS, patient_level_split, save_png_atomic, write_datalist
+
+__all__ = ["LESION_KINDS", "Phantom", "power_law_noise", "make_phantom", "generate_dataset"]
+
+# Lesion kind -> class it belongs to.
+LESION_KINDS = {"benign_mass": "benign", "malignant_mass": "malignant", "calcification_cluster": "malignant"}
+CLASSES = ("benign", "malignant")
+MAX_VALUE = 4095  # 12-bit detector range, as in the NYU images
+
+
+class Phantom(NamedTuple):
+    """One synthetic view.
+
+    Attributes:
+        image: (H, W) uint16, values in 0..4095, background 0.
+        masks: {"benign": (H, W) uint8, "malignant": (H, W) uint8}, 1 inside a lesion of that class.
+        labels: {"benign": 0/1, "malignant": 0/1}, 1 iff a lesion of that class is present.
+    """
+
+    image: np.ndarray
+    masks: dict[str, np.ndarray]
+    labels: dict[str, int]
+
+
+def power_law_noise(shape: tuple[int, int], beta: float, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian noise with power spectrum 1/f^beta (f in cycles per pixel), made by filtering in Fourier space.
+
+    beta ~ 3 gives the cloud-like look of breast parenchyma (Burgess et al. measured beta ~ 3 on mammograms).
+
+    Returns:
+        (H, W) float32 field with mean 0 and standard deviation 1.
+    """
+    height, width = shape
+    freq = np.hypot(fft.fftfreq(height)[:, None], fft.rfftfreq(width)[None, :]).astype(np.float32)
+    freq[0, 0] = np.inf  # no DC component: the mean is set below
+    amplitude = freq ** np.float32(-beta / 2.0)
+    spectrum = amplitude * (
+        rng.standard_normal(freq.shape, dtype=np.float32) + 1j * rng.standard_normal(freq.shape, dtype=np.float32)
+    )
+    field = fft.irfft2(spectrum, s=shape)
+    field -= field.mean()
+    return (field / max(field.std(), 1e-12)).astype(np.float32)
+
+
+def _smooth_wobble(n: int, amplitude: float, rng: np.random.Generator) -> np.ndarray:
+    """A slowly varying 1-D factor around 1 (a few low harmonics), to make outlines less geometric."""
+    t = np.linspace(0.0, 1.0, n)
+    wobble = sum(rng.uniform(-1, 1) * np.sin(2 * np.pi * k * t + rng.uniform(0, 2 * np.pi)) / k for k in range(1, 5))
+    return 1.0 + amplitude * wobble
+
+
+def _breast_extent(height: int, width: int, view: str, rng: np.random.Generator) -> np.ndarray:
+    """Per-row breast width in pixels from the chest wall (column 0), (H,) float; 0 where there is no breast."""
+    rows = np.arange(height, dtype=np.float64)
+    if view == "CC":
+        centre, semi_rows, depth = height * rng.uniform(0.46, 0.54), height * rng.uniform(0.36, 0.43), width * rng.uniform(0.62, 0.8)
+        extent = depth * np.sqrt(np.clip(1.0 - ((rows - centre) / semi_rows) ** 2, 0.0, None))
+    else:
+        # MLO: the breast reaches up into the axilla, narrowing towards the top edge, and is rounded below.
+        centre, semi_rows = height * rng.uniform(0.52, 0.58), height * rng.uniform(0.33, 0.38)
+        depth, top = width * rng.uniform(0.66, 0.82), width * rng.uniform(0.4, 0.5)
+        upper = top + (depth - top) * np.sin(0.5 * np.pi * np.clip(rows / centre, 0.0, 1.0))
+        lower = depth * np.sqrt(np.clip(1.0 - ((rows - centre) / semi_rows) ** 2, 0.0, None))
+        extent = np.where(rows < centre, upper, lower)
+    return np.minimum(extent * _smooth_wobble(height, 0.015, rng), width - 1)
+
+
+class _Lesion(NamedTuple):
+    centre: tuple[float, float]
+    extent: float  # radius of a disk that holds the whole lesion, pixels
+    kind: str
+
+
+def _lesion_extent(kind: str, height: int, rng: np.random.Generator) -> tuple[float, dict]:
+    """Draw a lesion's shape parameters; returns its bounding radius and the parameters."""
+    if kind == "benign_mass":
+        semi_major = height * rng.uniform(0.022, 0.034)
+        params = dict(
+            semi_major=semi_major,
+            semi_minor=semi_major * rng.uniform(0.65, 1.0),
+            angle=rng.uniform(0, np.pi),
+            contrast=rng.uniform(550, 750),
+        )
+        return semi_major, params
+    if kind == "malignant_mass":
+        radius = height * rng.uniform(0.011, 0.018)
+        harmonics = [(k, rng.uniform(0.0, 0.12), rng.uniform(0, 2 * np.pi)) for k in range(2, 8)]
+        n_spicules = int(rng.integers(6, 13))
+        spicules = [(rng.uniform(0, 2 * np.pi), radius * rng.uniform(1.2, 2.4)) for _ in range(n_spicules)]
+        params = dict(
+            radius=radius,
+            harmonics=harmonics,
+            spicules=spicules,
+            spicule_width=max(0.75, height * 0.0012),
+            contrast=rng.uniform(600, 800),
+        )
+        core = radius * (1 + sum(a for _, a, _ in harmonics))
+        return core + max(length for _, length in spicules), params
+    if kind == "calcification_cluster":
+        cluster = height * rng.uniform(0.007, 0.012)
+        speck = max(1.0, height * rng.uniform(0.0007, 0.0015))
+        n = int(rng.integers(6, 16))
+        radial, angle = cluster * np.sqrt(rng.uniform(0, 1, n)), rng.uniform(0, 2 * np.pi, n)
+        params = dict(
+            offsets=np.stack([radial * np.sin(angle), radial * np.cos(angle)], axis=1),
+            speck=speck,
+            contrast=rng.uniform(900, 1300, n),
+        )
+        return cluster + speck + 1.0, params
+    raise ValueError(f"unknown lesion kind {kind!r} (use one of {', '.join(LESION_KINDS)})")
+
+
+def _draw_lesion(kind: str, params: dict, dr: np.ndarray, dc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Intensity added by a lesion and its mask, on offsets (dr, dc) from its centre (broadcast grids)."""
+    if kind == "benign_mass":
+        cos, sin = math.cos(params["angle"]), math.sin(params["angle"])
+        u, v = dr * cos + dc * sin, -dr * sin + dc * cos
+        rho = np.sqrt((u / params["semi_major"]) ** 2 + (v / params["semi_minor"]) ** 2)
+        # A flat-topped dome with a sharp rim: the circumscribed look of cysts and fibroadenomas.
+        dome = 0.75 + 0.25 * np.sqrt(np.clip(1.0 - rho**2, 0.0, 1.0))
+        rim = np.clip((1.0 - rho) * params["semi_minor"] + 0.5, 0.0, 1.0)  # ~1 px antialiased edge
+        return params["contrast"] * dome * rim, rho <= 1.0
+
+    if kind == "malignant_mass":
+        distance, phi = np.hypot(dr, dc), np.arctan2(dr, dc)
+        outline = params["radius"] * (1 + sum(a * np.cos(k * phi + p) for k, a, p in params["harmonics"]))
+        core = distance <= outline
+        intensity = np.where(core, params["contrast"] * (0.8 + 0.2 * np.clip(1 - distance / outline, 0, 1)), 0.0)
+        spicules = np.zeros(np.broadcast_shapes(dr.shape, dc.shape), dtype=bool)
+        for angle, length in params["spicules"]:
+            along = dr * math.sin(angle) + dc * math.cos(angle)
+            across = np.abs(-dr * math.cos(angle) + dc * math.sin(angle))
+            reach = params["radius"] + length
+            tapering = params["spicule_width"] * (1.0 - 0.6 * np.clip(along / reach, 0.0, 1.0))
+            on_line = (along >= 0) & (along <= reach) & (across <= tapering)
+            fading = params["contrast"] * (0.3 + 0.5 * np.clip(1.0 - along / reach, 0.0, 1.0))
+            intensity = np.maximum(intensity, np.where(on_line, fading, 0.0))
+            spicules |= on_line
+        return intensity, core | spicules
+
+    # calcification cluster: tiny bright specks; the mask hugs each speck with a one-pixel margin.
+    intensity = np.zeros(np.broadcast_shapes(dr.shape, dc.shape), dtype=np.float64)
+    mask = np.zeros(intensity.shape, dtype=bool)
+    for (off_r, off_c), contrast in zip(params["offsets"], params["contrast"]):
+        distance = np.hypot(dr - off_r, dc - off_c)
+        intensity = np.maximum(intensity, np.where(distance <= params["speck"], contrast, 0.0))
+        mask |= distance <= params["speck"] + 1.0
+    return intensity, mask
+
+
+def _resolve_kinds(lesions: Sequence[str], rng: np.random.Generator) -> list[str]:
+    """Lesion kinds; a bare class name picks a kind of that class (malignant: mass 60 %, calcifications 40 %)."""
+    kinds = []
+    for lesion in lesions:
+        if lesion == "benign":
+            kinds.append("benign_mass")
+        elif lesion == "malignant":
+            kinds.append("malignant_mass" if rng.uniform() < 0.6 else "calcification_cluster")
+        elif lesion in LESION_KINDS:
+            kinds.append(lesion)
+        else:
+            raise ValueError(f"unknown lesion {lesion!r} (use benign, malignant or one of {', '.join(LESION_KINDS)})")
+    return kinds
+
+
+def make_phantom(
+    height: int = 2944,
+    width: int = 1920,
+    view: str = "CC",
+    laterality: str = "L",
+    lesions: Sequence[str] = (),
+    rng: np.random.Generator | int | None = None,
+) -> Phantom:
+    """Make one synthetic mammogram view.
+
+    Args:
+        height, width: image size (rows, columns); the paper frame is 2944x1920.
+        view: "CC" or "MLO" (MLO adds the pectoral muscle at the upper chest-wall corner).
+        laterality: "L" (breast faces right, chest wall on the left) or "R" (mirrored).
+        lesions: lesions to place, each "benign", "malignant" or a kind of ``LESION_KINDS``.
+        rng: a numpy Generator or a seed; the phantom is a deterministic function of it.
+
+    Returns:
+        :class:`Phantom` (image (H, W) uint16 12-bit, masks per class (H, W) uint8 0/1, labels per class).
+
+    Raises:
+        ValueError: unknown view/laterality/lesion, or no room left in the breast for a lesion.
+    """
+    if view not in ("CC", "MLO"):
+        raise ValueError(f"view must be CC or MLO, got {view!r}")
+    if laterality not in ("L", "R"):
+        raise ValueError(f"laterality must be L or R, got {laterality!r}")
+    rng = np.random.default_rng(rng)
+    rows, cols = np.ogrid[:height, :width]
+
+    # Geometry, drawn for a left breast (chest wall at column 0); mirrored at the end for R.
+    breast = cols < _breast_extent(height, width, view, rng)[:, None]
+    skin_distance = ndimage.distance_transform_edt(breast)
+    pectoral_side = np.full((height, width), -np.inf)
+    if view == "MLO":
+        # Signed distance (pixels) into the pectoral triangle bounded by the chest wall, the top edge and
+        # the line c / base + r / depth = 1.
+        base, depth = width * rng.uniform(0.26, 0.36), height * rng.uniform(0.3, 0.45)
+        pectoral_side = (1.0 - cols / base - rows / depth) / math.hypot(1 / base, 1 / depth)
+    pectoral = breast & (pectoral_side > 0)
+
+    # Parenchyma: density regions (beta 3) with finer strands (beta 2); glandular tissue gathers in the
+    # central breast and fat at the periphery, which is also thinner (darker) under compression.
+    central = np.clip(skin_distance / (0.3 * width), 0.0, 1.0)
+    glandular = 1.6 * power_law_noise((height, width), 3.0, rng) + rng.uniform(-1.0, 0.5)
+    density = (0.3 + 0.7 * central) / (1.0 + np.exp(-glandular))
+    strands = power_law_noise((height, width), 2.0, rng)
+    thickness = 0.35 + 0.65 * (1.0 - np.exp(-skin_distance / (0.05 * width)))
+    tissue = (1100.0 + 1200.0 * density + 90.0 * strands) * thickness
+    skin_width = max(1.0, 0.0025 * height)
+    tissue += np.where(skin_distance <= skin_width, 250.0, 0.0)
+    if view == "MLO":
+        muscle = (2650.0 + 120.0 * strands) * np.clip(pectoral_side / max(2.0, 0.004 * height), 0.0, 1.0)
+        tissue = np.maximum(tissue, muscle)
+    image = np.where(breast, tissue, 0.0)
+
+    # Lesions, each fully inside the breast, clear of the skin, the muscle and each other.
+    masks = {cls: np.zeros((height, width), dtype=bool) for cls in CLASSES}
+    placed: list[_Lesion] = []
+    margin = 0.01 * height
+    for kind in _resolve_kinds(lesions, rng):
+        extent, params = _lesion_extent(kind, height, rng)
+        reach = int(math.ceil(extent)) + 1  # half-size of the window the lesion is drawn in
+        allowed = breast & (skin_distance > extent + margin) & (pectoral_side < -(extent + margin))
+        # The chest wall is not background for the distance transform, so keep the window inside the image.
+        allowed &= (rows >= reach) & (rows < height - reach) & (cols >= reach) & (cols < width - reach)
+        for other in placed:
+            allowed &= np.hypot(rows - other.centre[0], cols - other.centre[1]) > extent + other.extent + margin
+        candidates = np.flatnonzero(allowed)
+        if candidates.size == 0:
+            raise ValueError(f"no room for a {kind} in a {height}x{width} {view} phantom")
+        centre_r, centre_c = np.unravel_index(rng.choice(candidates), (height, width))
+        window = (slice(centre_r - reach, centre_r + reach + 1), slice(centre_c - reach, centre_c + reach + 1))
+        dr = np.arange(-reach, reach + 1, dtype=np.float64)[:, None]
+        dc = np.arange(-reach, reach + 1, dtype=np.float64)[None, :]
+        intensity, mask = _draw_lesion(kind, params, dr, dc)
+        image[window] += intensity
+        masks[LESION_KINDS[kind]][window] |= mask
+        placed.append(_Lesion((float(centre_r), float(centre_c)), extent, kind))
+
+    image = np.where(breast, image + rng.normal(0.0, 20.0, image.shape), 0.0)  # quantum noise
+    image = np.clip(np.rint(image), 0, MAX_VALUE).astype(np.uint16)
+    if laterality == "R":
+        image = image[:, ::-1]
+        masks = {cls: mask[:, ::-1] for cls, mask in masks.items()}
+    return Phantom(
+        image=np.ascontiguousarray(image),
+        masks={cls: np.ascontiguousarray(mask, dtype=np.uint8) for cls, mask in masks.items()},
+        labels={cls: int(bool(mask.any())) for cls, mask in masks.items()},
+    )
+
+
+def generate_dataset(
+    out_dir: str | os.PathLike,
+    n_images: int = 8,
+    height: int = 2944,
+    width: int = 1920,
+    prevalence: Mapping[str, float] | None = None,
+    seed: int = 0,
+    two_views: bool = False,
+    fractions: Mapping[str, float] | None = None,
+) -> Path:
+    """Write a phantom dataset: 16-bit PNG images, 0/255 mask PNGs and a split datalist JSON.
+
+    Each breast is one patient (``phantom_NNNN``) imaged in one view (random CC/MLO) or, with
+    ``two_views``, in CC and MLO (lesions of the same classes, placed independently in each view).
+    Exactly ``round(prevalence[c] * n_breasts)`` breasts, chosen at random, have a lesion of class c
+    (the classes are drawn independently, so a breast can have both). Labels are noise-free. Mask files
+    are written only for classes present in the image.
+
+    Layout: ``out_dir/images/<id>.png``, ``out_dir/masks/<id>_<class>.png``, ``out_dir/datalist.json``
+    (patient-level split by ``fractions``, default 0.7/0.1/0.2). Every file is written atomically.
+
+    Returns:
+        Path of the datalist JSON.
+    """
+    if n_images < 1:
+        raise ValueError(f"n_images must be at least 1, got {n_images}")
+    prevalence = {"benign": 0.3, "malignant": 0.3} if prevalence is None else dict(prevalence)
+    out_dir = Path(out_dir)
+    views = ("CC", "MLO") if two_views else (None,)
+    n_breasts = math.ceil(n_images / len(views))
+
+    rng = np.random.default_rng(seed)
+    positive = {
+        cls: set(rng.permutation(n_breasts)[: round(prevalence.get(cls, 0.0) * n_breasts)].tolist()) for cls in CLASSES
+    }
+    items = []
+    for breast_index in range(n_breasts):
+        breast_rng = np.random.default_rng([seed, breast_index])
+        laterality = "L" if breast_rng.uniform() < 0.5 else "R"
+        breast_views = [v or ("CC" if breast_rng.uniform() < 0.5 else "MLO") for v in views]
+        lesions = [cls for cls in CLASSES if breast_index in positive[cls]]
+        for view_index, view in enumerate(breast_views):
+            if len(items) == n_images:
+                break
+            phantom = make_phantom(height, width, view, laterality, lesions, np.random.default_rng([seed, breast_index, view_index]))
+            name = f"phantom_{breast_index:04d}_{laterality}-{view}"
+            item = {
+                "image": str(save_png_atomic(phantom.image, out_dir / "images" / f"{name}.png")),
+                "view": view,
+                "laterality": laterality,
+                "patient_id": f"phantom_{breast_index:04d}",
+                **phantom.labels,
+            }
+            for cls in CLASSES:
+                if phantom.labels[cls]:
+                    mask_path = out_dir / "masks" / f"{name}_{cls}.png"
+                    item[f"mask_{cls}"] = str(save_png_atomic(phantom.masks[cls] * np.uint8(255), mask_path))
+            items.append(item)
+    splits = patient_level_split(items, DEFAULT_FRACTIONS if fractions is None else fractions, seed)
+    return write_datalist(splits, out_dir / "datalist.json")
