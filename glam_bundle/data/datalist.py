@@ -839,7 +839,7 @@ def build_vindr_items(
                 incomplete.add(cls)
             else:
                 boxes.setdefault(cls, []).append(box)
-        for cls in sorted(incomplete & set(boxes)):
+        for cls in sorted(incomplete):
             skipped.append(f"{image}: a {cls} finding has no box; no {cls} mask")
         boxes = {cls: b for cls, b in boxes.items() if cls not in incomplete}
 
