@@ -48,7 +48,9 @@ def _parser() -> argparse.ArgumentParser:
         "--fractions", type=float, nargs=3, default=(0.7, 0.1, 0.2), metavar=("TRAIN", "VAL", "TEST"),
         help="training/validation/test shares of the patients (default 0.7 0.1 0.2)",
     )
-    common.add_argument("--masks_dir", type=Path, default=None, help="where drawn masks go (default: <out folder>/masks)")
+    common.add_argument(
+        "--masks_dir", type=Path, default=None, help="where drawn masks go (default: <out folder>/masks)"
+    )
     sub = parser.add_subparsers(dest="dataset", required=True)
 
     nyu = sub.add_parser("nyu", parents=[common], help="NYU exam list pickle")

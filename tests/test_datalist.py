@@ -295,7 +295,9 @@ def test_nyu_builder_on_made_exam_list(tmp_path):
             "horizontal_flip": "YES",
             "L-MLO": ["a_L-MLO"],
             "R-CC": ["a_R-CC"],
-            "cancer_label": {"left_benign": 0, "left_malignant": 1, "right_benign": 1, "right_malignant": 0, "unknown": 0},
+            "cancer_label": {
+                "left_benign": 0, "left_malignant": 1, "right_benign": 1, "right_malignant": 0, "unknown": 0,
+            },
             "L-MLO_malignant_seg": ["seg_a_L-MLO_malignant"],
             "patient_id": "woman-1",
         },

@@ -888,8 +888,8 @@ def _parse_mias_info(info_path: Path) -> dict[str, list[tuple[str | None, tuple[
         if len(tokens) < 4 or tokens[3].upper() not in _MIAS_SEVERITY:
             raise BadInputError(info_path, f"line {number}: severity must be B or M")
         cls = _MIAS_SEVERITY[tokens[3].upper()]
-        circle = tuple(int(t) for t in tokens[4:7]) if len(tokens) >= 7 and all(t.isdigit() for t in tokens[4:7]) else None
-        entries.append((cls, circle))
+        has_circle = len(tokens) >= 7 and all(t.isdigit() for t in tokens[4:7])
+        entries.append((cls, tuple(int(t) for t in tokens[4:7]) if has_circle else None))
     return findings
 
 

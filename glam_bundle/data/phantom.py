@@ -78,7 +78,8 @@ def _breast_extent(height: int, width: int, view: str, rng: np.random.Generator)
     """Per-row breast width in pixels from the chest wall (column 0), (H,) float; 0 where there is no breast."""
     rows = np.arange(height, dtype=np.float64)
     if view == "CC":
-        centre, semi_rows, depth = height * rng.uniform(0.46, 0.54), height * rng.uniform(0.36, 0.43), width * rng.uniform(0.62, 0.8)
+        centre, semi_rows = height * rng.uniform(0.46, 0.54), height * rng.uniform(0.36, 0.43)
+        depth = width * rng.uniform(0.62, 0.8)
         extent = depth * np.sqrt(np.clip(1.0 - ((rows - centre) / semi_rows) ** 2, 0.0, None))
     else:
         # MLO: the breast reaches up into the axilla, narrowing towards the top edge, and is rounded below.
@@ -324,7 +325,8 @@ def generate_dataset(
         for view_index, view in enumerate(breast_views):
             if len(items) == n_images:
                 break
-            phantom = make_phantom(height, width, view, laterality, lesions, np.random.default_rng([seed, breast_index, view_index]))
+            view_rng = np.random.default_rng([seed, breast_index, view_index])
+            phantom = make_phantom(height, width, view, laterality, lesions, view_rng)
             name = f"phantom_{breast_index:04d}_{laterality}-{view}"
             item = {
                 "image": str(save_png_atomic(phantom.image, out_dir / "images" / f"{name}.png")),
