@@ -65,6 +65,12 @@ class PerClassMetricHandler(IgniteMetricHandler):
         self.key_suffix = key_suffix
         self.summary: dict[str, float] = {}
 
+    def iteration_completed(self, engine: Any) -> None:
+        """Update from the iteration's output, unless the batch was skipped (every case failed to load: the
+        bundle's engines then leave an empty output, see ``glam_bundle.engines.SkipFailedCasesMixin``)."""
+        if engine.state.output:
+            super().iteration_completed(engine)
+
     def compute(self) -> float:
         """Aggregate the metric, keep its dict in ``self.summary`` and return the mean over classes."""
         self.summary = {key: float(value) for key, value in super().compute().items()}
