@@ -3,7 +3,6 @@ and figures."""
 
 from __future__ import annotations
 
-import csv
 import logging
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
@@ -16,7 +15,8 @@ from ignite.engine import Engine, Events
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from glam_bundle.utils import atomic_output
+from glam_bundle.data.robust import write_failures_csv
+from glam_bundle.utils import atomic_output, write_csv
 from glam_bundle.visualize import save_glam_figure
 
 logger = logging.getLogger(__name__)
@@ -173,16 +173,7 @@ class GLAMInferenceWriter:
     def write_failures_file(self, engine: Engine) -> None:
         failures = [{"image": str(f.get("image", "")), "error": str(f.get("error", ""))} for f in getattr(engine.state, "failures", [])]
         failures += self.write_failures
-        write_csv(self.output_dir / "failures.csv", ("image", "error"), failures)
+        write_failures_csv(failures, self.output_dir / "failures.csv")
         self._write_predictions()
         logger.info("inference: %d images written, %d failures, outputs in %s", len(self.rows), len(failures), self.output_dir)
 
-
-def write_csv(path: str | Path, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> Path:
-    """Write rows to a CSV file atomically."""
-    with atomic_output(path) as tmp:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(columns))
-            writer.writeheader()
-            writer.writerows(rows)
-    return Path(path)

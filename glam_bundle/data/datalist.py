@@ -28,7 +28,6 @@ import math
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, NamedTuple
@@ -37,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from glam_bundle.data.errors import BadInputError
+from glam_bundle.utils import atomic_output
 
 __all__ = [
     "SPLITS",
@@ -96,18 +96,9 @@ class BuildResult(NamedTuple):
 
 def _write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
     """Call ``write`` on a temporary file in the target's folder, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        write(f)
+    return Path(path)
 
 
 def save_png_atomic(array: np.ndarray, path: str | os.PathLike) -> Path:

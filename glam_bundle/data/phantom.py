@@ -228,7 +228,6 @@ def make_phantom(
         # the line c / base + r / depth = 1.
         base, depth = width * rng.uniform(0.26, 0.36), height * rng.uniform(0.3, 0.45)
         pectoral_side = (1.0 - cols / base - rows / depth) / math.hypot(1 / base, 1 / depth)
-    pectoral = breast & (pectoral_side > 0)
 
     # Parenchyma: density regions (beta 3) with finer strands (beta 2); glandular tissue gathers in the
     # central breast and fat at the periphery, which is also thinner (darker) under compression.

@@ -17,10 +17,8 @@ Typical use::
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -28,6 +26,7 @@ from monai.data import list_data_collate
 from torch.utils.data import Dataset
 
 from glam_bundle.data.errors import BadInputError
+from glam_bundle.utils import write_csv
 
 __all__ = ["SkipBadCases", "collate_skip_failures", "write_failures_csv", "failure_message", "is_failure"]
 
@@ -152,20 +151,5 @@ def write_failures_csv(failures: Iterable[Mapping[str, Any]], path: str | os.Pat
     Returns:
         the path written, as a string.
     """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "w", newline="", encoding="utf-8") as stream:
-            writer = csv.DictWriter(stream, fieldnames=["image", "error"], extrasaction="ignore")
-            writer.writeheader()
-            for record in failures:
-                writer.writerow({"image": record.get("image", ""), "error": record.get("error", "")})
-        os.chmod(tmp_path, 0o644)  # mkstemp creates 0600; the report is meant to be shared
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
-    return path
+    rows = [{"image": record.get("image", ""), "error": record.get("error", "")} for record in failures]
+    return str(write_csv(path, ("image", "error"), rows))
