@@ -97,6 +97,15 @@ def _prepare(y_pred: torch.Tensor, y: torch.Tensor, interpolation: str) -> tuple
     return saliency, y.to(device=saliency.device) > 0.5
 
 
+def _prepare_checked(metric: Any, y_pred: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check a localisation metric's inputs (masks given, one channel per class), then :func:`_prepare` them."""
+    if y is None:
+        raise ValueError(f"{metric.__class__.__name__} needs ground-truth masks y.")
+    if y_pred.shape[1] != len(metric.class_names):
+        raise ValueError(f"expected {len(metric.class_names)} class channels, got {tuple(y_pred.shape)}.")
+    return _prepare(y_pred, y, metric.interpolation)
+
+
 def lesion_present(mask: torch.Tensor) -> torch.Tensor:
     """(B, C) boolean: whether each image's mask (B, C, H, W) of each class has a positive pixel."""
     return mask.flatten(2).any(dim=-1)
@@ -313,11 +322,7 @@ class _PerImageLocalisationMetric(CumulativeIterationMetric):
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
         """(B, C, h, w) saliency and (B, C, H, W) masks -> float64 (B, C) per-image values (NaN: not counted)."""
-        if y is None:
-            raise ValueError(f"{self.__class__.__name__} needs ground-truth masks y.")
-        if y_pred.shape[1] != len(self.class_names):
-            raise ValueError(f"expected {len(self.class_names)} class channels, got {tuple(y_pred.shape)}.")
-        saliency, mask = _prepare(y_pred, y, self.interpolation)
+        saliency, mask = _prepare_checked(self, y_pred, y)
         return self._score(saliency, mask)
 
     def aggregate(self) -> dict[str, float]:  # type: ignore[override]
@@ -384,11 +389,7 @@ class DatasetLevelPxAPMetric(CumulativeIterationMetric):
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
         """(B, C, h, w) saliency and (B, C, H, W) masks -> int64 (1, C, 2, bins) counts of the batch."""
-        if y is None:
-            raise ValueError(f"{self.__class__.__name__} needs ground-truth masks y.")
-        if y_pred.shape[1] != len(self.class_names):
-            raise ValueError(f"expected {len(self.class_names)} class channels, got {tuple(y_pred.shape)}.")
-        saliency, mask = _prepare(y_pred, y, self.interpolation)
+        saliency, mask = _prepare_checked(self, y_pred, y)
         return compute_pixel_histograms(saliency, mask, self.binning).unsqueeze(0)
 
     def extend(self, *data: Any) -> None:

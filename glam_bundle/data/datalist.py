@@ -770,6 +770,29 @@ def _box(row: dict[str, str]) -> tuple[float, float, float, float] | None:
     return None if any(math.isnan(v) for v in box) else box
 
 
+def _shapes_by_class(
+    findings: Iterable[tuple[str | None, Any]], item: dict, image: Path, shape_name: str, skipped: list[str]
+) -> dict[str, list]:
+    """Group the drawable shapes (boxes, circles) of an image's findings by class and set the item's labels.
+
+    A finding of class None is ignored; a class with any finding lacking its shape gets a label but no mask
+    (a partial mask would teach wrong negatives), which is reported in ``skipped``.
+    """
+    shapes: dict[str, list] = {}
+    incomplete = set()
+    for cls, shape in findings:
+        if cls is None:
+            continue
+        item[cls] = 1
+        if shape is None:
+            incomplete.add(cls)
+        else:
+            shapes.setdefault(cls, []).append(shape)
+    for cls in sorted(incomplete):
+        skipped.append(f"{image}: a {cls} finding has no {shape_name}; no {cls} mask")
+    return {cls: found for cls, found in shapes.items() if cls not in incomplete}
+
+
 def build_vindr_items(
     csv_path: str | os.PathLike,
     root: str | os.PathLike,
@@ -818,21 +841,11 @@ def build_vindr_items(
         if first.get("split"):
             item["split"] = first["split"]
 
-        boxes: dict[str, list] = {}
-        incomplete = set()
-        for row in image_rows:
-            cls = _vindr_class(_vindr_categories(row["finding categories"]), row["finding birads"])
-            if cls is None:
-                continue
-            item[cls] = 1
-            box = _box(row)
-            if box is None:
-                incomplete.add(cls)
-            else:
-                boxes.setdefault(cls, []).append(box)
-        for cls in sorted(incomplete):
-            skipped.append(f"{image}: a {cls} finding has no box; no {cls} mask")
-        boxes = {cls: b for cls, b in boxes.items() if cls not in incomplete}
+        findings = [
+            (_vindr_class(_vindr_categories(row["finding categories"]), row["finding birads"]), _box(row))
+            for row in image_rows
+        ]
+        boxes = _shapes_by_class(findings, item, image, "box", skipped)
 
         if boxes:
             try:
@@ -916,19 +929,7 @@ def build_mini_mias_items(
             "patient_id": f"mias{(number + 1) // 2:03d}",
             **{cls: 0 for cls in CLASSES},
         }
-        circles: dict[str, list] = {}
-        incomplete = set()
-        for cls, circle in findings:
-            if cls is None:
-                continue
-            item[cls] = 1
-            if circle is None:
-                incomplete.add(cls)
-            else:
-                circles.setdefault(cls, []).append(circle)
-        for cls in sorted(incomplete):
-            skipped.append(f"{image}: a {cls} finding has no coordinates; no {cls} mask")
-        circles = {cls: c for cls, c in circles.items() if cls not in incomplete}
+        circles = _shapes_by_class(findings, item, image, "coordinates", skipped)
 
         if circles:
             try:
