@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -1092,7 +1093,8 @@ def default_preprocessing(
     return Compose(transforms)
 
 
-# Attributes that are caches filled on first use (not configuration) and would make the hash unstable.
+# Attributes that are caches or state filled on first use (not configuration) and would make the hash
+# unstable; thread-local objects (e.g. MONAI's "_tracing") are skipped too.
 _VOLATILE_ATTRIBUTES = ("_backends",)
 
 
@@ -1117,7 +1119,11 @@ def _describe(obj: Any, depth: int = 0) -> Any:
     if isinstance(obj, type) or callable(obj) and not hasattr(obj, "__dict__"):
         return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', type(obj).__qualname__)}"
     if hasattr(obj, "__dict__"):
-        state = {k: _describe(v, depth + 1) for k, v in sorted(vars(obj).items()) if k not in _VOLATILE_ATTRIBUTES}
+        state = {
+            k: _describe(v, depth + 1)
+            for k, v in sorted(vars(obj).items())
+            if k not in _VOLATILE_ATTRIBUTES and not isinstance(v, threading.local)
+        }
         return {"class": f"{type(obj).__module__}.{type(obj).__qualname__}", **state}
     return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(obj))  # e.g. torch.float32, enums
 
