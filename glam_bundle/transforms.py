@@ -469,8 +469,12 @@ def _model_frame(data: Mapping, frame_key: str) -> bool:
 class _GeometryMapTransform(MapTransform):
     """Base of the geometry transforms: the image drives the geometry, mask keys follow it.
 
-    Keys listed in ``model_frame_keys`` are skipped for items whose ``frame_key`` is ``"model"``.
+    Keys listed in ``model_frame_keys`` are skipped for items whose ``frame_key`` is ``"model"``. The
+    breast mask (``"breast_mask"``) always follows when the item has one, even if ``keys`` omits it: later
+    steps read it and must see it in the image's geometry.
     """
+
+    breast_mask_key = "breast_mask"
 
     def __init__(
         self,
@@ -488,7 +492,10 @@ class _GeometryMapTransform(MapTransform):
     def follow_keys(self, data: Mapping) -> list[Hashable]:
         """Keys (other than the image) that take the image's geometry for this item."""
         skip = self.model_frame_keys if _model_frame(data, self.frame_key) else ()
-        return [key for key in self.key_iterator(data) if key != self.image_key and key not in skip]
+        keys = [key for key in self.key_iterator(data) if key != self.image_key and key not in skip]
+        if self.breast_mask_key in data and self.breast_mask_key not in keys:
+            keys.append(self.breast_mask_key)
+        return keys
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -682,8 +689,7 @@ class CropBreastd(_GeometryMapTransform):
         y0, y1, x0, x1 = geometry["crop_box"]
         cropper = SpatialCrop(roi_start=(y0, x0), roi_end=(y1, x1))
         image = cropper(image)
-        follow = self.follow_keys(d)
-        for key in follow + ([self.breast_mask_key] if self.breast_mask_key not in follow else []):
+        for key in self.follow_keys(d):
             d[key] = cropper(d[key])
         image.meta.update(geometry)
         d[self.image_key] = image
@@ -856,9 +862,10 @@ class RandWindowNoised(RandomizableTransform, _GeometryMapTransform):
         if tuple(out.shape[1:]) != self.window_size:
             out = resize_image(out)
         model_keys = self.model_frame_keys if _model_frame(d, self.frame_key) else ()
-        for key in self.key_iterator(d):
-            if key == self.image_key:
-                continue
+        keys = [key for key in self.key_iterator(d) if key != self.image_key]
+        if self.breast_mask_key in d and self.breast_mask_key not in keys:
+            keys.append(self.breast_mask_key)
+        for key in keys:
             mask = place(d[key]) if key in model_keys else d[key]
             mask = cut(mask)
             if tuple(mask.shape[1:]) != self.window_size:

@@ -198,6 +198,16 @@ def test_orient_from_laterality_flips_image_and_masks(laterality, horizontal_fli
     assert out["laterality"] == laterality
 
 
+def test_breast_mask_always_follows_the_image():
+    plane = breast_plane(chest_wall="right")
+    item = BreastMaskd(iterations=3)({"image": meta_image(plane), "laterality": "R"})
+    before = torch.as_tensor(item["breast_mask"]).clone()
+    out = OrientBreastd(keys="image")(item)  # keys omit the breast mask: it is flipped all the same
+    assert out["image"].meta["flipped"] and torch.equal(torch.as_tensor(out["breast_mask"]), torch.flip(before, [-1]))
+    out = CropBreastd(keys="image")(out)
+    assert out["breast_mask"].shape == out["image"].shape
+
+
 def test_orient_leaves_model_frame_masks_alone():
     mask = torch.zeros(2, 240, 160)
     mask[1, 5:9, 3:7] = 1
@@ -236,7 +246,7 @@ def irregular_mask(height: int = 400, width: int = 300, chest_wall: str = "left"
 
 @pytest.mark.parametrize("shape, top", [((400, 300), 0), ((420, 330), 90)])
 def test_crop_geometry_matches_the_original_in_both_modes(shape, top):
-    height, width = shape
+    width = shape[1]
     mask = np.zeros(shape, bool)
     mask[top : top + 300, : width - 40] = irregular_mask(300, width - 40)
     # left breast (mode 'right'), unflipped image
