@@ -592,3 +592,29 @@ def test_preprocessed_items_collate(synthetic_items):
     batch = next(iter(loader))
     assert batch["image"].shape == (2, 1, 512, 320) and batch["label"].shape == (2, 2)
     assert batch["mask"].shape == (2, 2, 512, 320) and batch["has_mask"].shape == (2, 2)
+
+
+def _load_script(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_contact_sheet_writes_one_png_and_shows_failures(synthetic_items, tmp_path):
+    from glam_bundle.data.datalist import write_datalist
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    datalist = write_datalist({"test": [*synthetic_items, {"image": str(broken)}]}, tmp_path / "datalist.json")
+    sheet = _load_script("contact_sheet")
+    output = sheet.contact_sheet(datalist, tmp_path / "out" / "sheet.png", split="test", image_size=(512, 320), factor=8)
+    image = np.asarray(Image.open(output))
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 300
+    assert sorted(p.name for p in output.parent.iterdir()) == ["sheet.png"]  # no temporary file left
+    # the folder form lists every image of the folder, broken ones included
+    assert len(sheet.load_items(tmp_path)) == 4
