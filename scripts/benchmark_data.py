@@ -121,11 +121,10 @@ def machine_description() -> dict:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        stream.write(text)
-    os.replace(temp, path)
+    from glam_bundle.utils import atomic_output
+
+    with atomic_output(path) as temp:
+        temp.write_text(text, encoding="utf-8")
 
 
 def summarise(results: dict[str, dict], cache_bytes: int, n: int) -> dict:

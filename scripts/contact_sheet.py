@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -32,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 from glam_bundle.data.datalist import datalist_from_folder, load_datalist  # noqa: E402
 from glam_bundle.data.errors import BadInputError  # noqa: E402
 from glam_bundle.transforms import MODEL_WINDOW, default_preprocessing  # noqa: E402
+from glam_bundle.utils import atomic_output  # noqa: E402
 
 OUTLINE_COLOURS = {"breast": "cyan", "benign": "lime", "malignant": "red"}
 
@@ -120,16 +120,11 @@ def contact_sheet(
     figure.tight_layout()
 
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{output.stem}.", suffix=".png", dir=output.parent)
-    os.close(handle)
     try:
-        figure.savefig(temp, dpi=100)
-        os.replace(temp, output)
+        with atomic_output(output) as temp:
+            figure.savefig(temp, dpi=100, format="png")
     finally:
         plt.close(figure)
-        if os.path.exists(temp):
-            os.remove(temp)
     return output
 
 
