@@ -145,9 +145,12 @@ def test_generate_dataset_files_and_datalist(tmp_path):
     for patient in owners:
         views = sorted(i["view"] for i in items if i["patient_id"] == patient)
         assert views == ["CC", "MLO"]
-    # Exact prevalence per breast: 2 of 5 benign, 1 of 5 malignant.
-    breast_labels = {i["patient_id"]: (i["benign"], i["malignant"]) for i in items}
-    assert sum(b for b, _ in breast_labels.values()) == 2 and sum(m for _, m in breast_labels.values()) == 1
+    # Exact prevalence per breast within each split: round(0.4 * n) benign, round(0.2 * n) malignant.
+    for name in ("training", "validation", "test"):
+        labels = {i["patient_id"]: (i["benign"], i["malignant"]) for i in load_datalist(path, name)}
+        assert sum(b for b, _ in labels.values()) == round(0.4 * len(labels))
+        assert sum(m for _, m in labels.values()) == round(0.2 * len(labels))
+
 
     for item in items:
         with Image.open(item["image"]) as png:
@@ -167,6 +170,15 @@ def test_generate_dataset_files_and_datalist(tmp_path):
                              prevalence={"benign": 0.4, "malignant": 0.2}, seed=1, two_views=True)
     for a, b in zip(items, load_datalist(again)):
         np.testing.assert_array_equal(np.asarray(Image.open(a["image"])), np.asarray(Image.open(b["image"])))
+
+
+def test_generate_dataset_puts_lesions_in_every_split(tmp_path):
+    path = generate_dataset(tmp_path / "ds", n_images=20, height=H, width=W, seed=0,
+                            fractions={"training": 0.6, "validation": 0.2, "test": 0.2})
+    for name in ("training", "validation", "test"):
+        split = load_datalist(path, name)
+        assert any(i["benign"] for i in split) and any(i["malignant"] for i in split), name
+        assert not all(i["benign"] or i["malignant"] for i in split), name
 
 
 def test_make_phantoms_cli(tmp_path):

@@ -294,8 +294,8 @@ def generate_dataset(
 
     Each breast is one patient (``phantom_NNNN``) imaged in one view (random CC/MLO) or, with
     ``two_views``, in CC and MLO (lesions of the same classes, placed independently in each view).
-    Exactly ``round(prevalence[c] * n_breasts)`` breasts, chosen at random, have a lesion of class c
-    (the classes are drawn independently, so a breast can have both). Labels are noise-free. Mask files
+    In each split, ``round(prevalence[c] * breasts in the split)`` breasts, chosen at random, have a lesion
+    of class c (the classes are drawn independently, so a breast can have both). Labels are noise-free. Mask files
     are written only for classes present in the image.
 
     Layout: ``out_dir/images/<id>.png``, ``out_dir/masks/<id>_<class>.png``, ``out_dir/datalist.json``
@@ -311,10 +311,18 @@ def generate_dataset(
     views = ("CC", "MLO") if two_views else (None,)
     n_breasts = math.ceil(n_images / len(views))
 
-    rng = np.random.default_rng(seed)
-    positive = {
-        cls: set(rng.permutation(n_breasts)[: round(prevalence.get(cls, 0.0) * n_breasts)].tolist()) for cls in CLASSES
-    }
+    fractions = DEFAULT_FRACTIONS if fractions is None else fractions
+    # Lesions are assigned within each split (stratified), so validation and test sets get lesions too;
+    # the split depends only on the patient ids and the seed, so it is computed before the images exist.
+    patient_ids = [f"phantom_{index:04d}" for index in range(n_breasts)]
+    patient_splits = patient_level_split([{"patient_id": pid} for pid in patient_ids], fractions, seed)
+    lesion_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
+    positive: dict[str, set[int]] = {cls: set() for cls in CLASSES}
+    for members in patient_splits.values():
+        indices = [patient_ids.index(member["patient_id"]) for member in members]
+        for cls in CLASSES:
+            count = round(prevalence.get(cls, 0.0) * len(indices))
+            positive[cls].update(lesion_rng.permutation(indices)[:count].tolist())
     items = []
     for breast_index in range(n_breasts):
         breast_rng = np.random.default_rng([seed, breast_index])
@@ -331,7 +339,7 @@ def generate_dataset(
                 "image": str(save_png_atomic(phantom.image, out_dir / "images" / f"{name}.png")),
                 "view": view,
                 "laterality": laterality,
-                "patient_id": f"phantom_{breast_index:04d}",
+                "patient_id": patient_ids[breast_index],
                 **phantom.labels,
             }
             for cls in CLASSES:
@@ -339,5 +347,5 @@ def generate_dataset(
                     mask_path = out_dir / "masks" / f"{name}_{cls}.png"
                     item[f"mask_{cls}"] = str(save_png_atomic(phantom.masks[cls] * np.uint8(255), mask_path))
             items.append(item)
-    splits = patient_level_split(items, DEFAULT_FRACTIONS if fractions is None else fractions, seed)
+    splits = patient_level_split(items, fractions, seed)
     return write_datalist(splits, out_dir / "datalist.json")
