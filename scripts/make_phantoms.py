@@ -4,7 +4,7 @@ Run from the repository root, e.g.::
 
     python scripts/make_phantoms.py --out_dir data/phantoms --n_images 8 --height 736 --width 480 --seed 0
 
-Writes ``<out_dir>/images/*.png`` (16-bit, 12-bit values), ``<out_dir>/masks/*_<class>.png`` (0/255) and
+Writes ``<out_dir>/images/*.png`` (16-bit, 12-bit values; ``.dcm`` with ``--format dicom``), ``<out_dir>/masks/*_<class>.png`` (0/255) and
 ``<out_dir>/datalist.json`` (patient-level training/validation/test split). See glam_bundle/data/phantom.py.
 """
 
@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--benign", type=float, default=0.3, help="share of breasts with a benign lesion")
     parser.add_argument("--malignant", type=float, default=0.3, help="share of breasts with a malignant lesion")
     parser.add_argument("--two_views", action="store_true", help="image every breast in CC and MLO")
+    parser.add_argument("--format", choices=("png", "dicom"), default="png", help="image file format (masks: PNG)")
     parser.add_argument(
         "--fractions", type=float, nargs=3, default=(0.7, 0.1, 0.2), metavar=("TRAIN", "VAL", "TEST"),
         help="training/validation/test shares of the patients (default 0.7 0.1 0.2)",
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         two_views=args.two_views,
         fractions=dict(zip(SPLITS, args.fractions)),
+        image_format=args.format,
     )
     counts = ", ".join(f"{name} {len(load_datalist(path, name))}" for name in SPLITS)
     print(f"{path}: {counts} items")

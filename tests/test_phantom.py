@@ -191,3 +191,19 @@ def test_make_phantoms_cli(tmp_path):
     assert "training 1, validation 1, test 1 items" in completed.stdout
     items = load_datalist(tmp_path / "ph" / "datalist.json")
     assert len(items) == 3 and all(np.asarray(Image.open(i["image"])).shape == (H, W) for i in items)
+
+
+def test_generate_dataset_as_dicom_reads_back_like_png(tmp_path):
+    from glam_bundle.data.readers import MammogramReader
+
+    png = load_datalist(generate_dataset(tmp_path / "png", n_images=3, height=736, width=480, seed=2))
+    dcm = load_datalist(generate_dataset(tmp_path / "dcm", n_images=3, height=736, width=480, seed=2,
+                                         image_format="dicom"))
+    reader = MammogramReader(min_size=0)
+    for a, b in zip(png, dcm):
+        assert b["image"].endswith(".dcm") and a["laterality"] == b["laterality"] and a["view"] == b["view"]
+        image, meta = reader.get_data(reader.read(b["image"]))
+        np.testing.assert_array_equal(image, np.asarray(Image.open(a["image"])).astype(np.float32))
+        assert meta["laterality"] == b["laterality"] and meta["view"] == b["view"]
+    with pytest.raises(ValueError, match="image_format"):
+        generate_dataset(tmp_path / "x", n_images=1, height=736, width=480, image_format="jpeg")

@@ -24,8 +24,9 @@ import numpy as np
 from scipy import fft, ndimage
 
 from glam_bundle.data.datalist import DEFAULT_FRACTIONS, patient_level_split, save_png_atomic, write_datalist
+from glam_bundle.utils import atomic_output
 
-__all__ = ["LESION_KINDS", "Phantom", "power_law_noise", "make_phantom", "generate_dataset"]
+__all__ = ["LESION_KINDS", "Phantom", "power_law_noise", "make_phantom", "save_dicom_atomic", "generate_dataset"]
 
 # Lesion kind -> class it belongs to.
 LESION_KINDS = {"benign_mass": "benign", "malignant_mass": "malignant", "calcification_cluster": "malignant"}
@@ -280,6 +281,45 @@ def make_phantom(
     )
 
 
+def save_dicom_atomic(
+    image: np.ndarray, path: str | os.PathLike, laterality: str, view: str, patient_id: str,
+    pixel_spacing_mm: float = 0.1,
+) -> Path:
+    """Write a phantom as a digital mammography DICOM (MG, MONOCHROME2, 16 bits allocated, 12 stored),
+    atomically, with ImageLaterality, ViewPosition and PixelSpacing set as a FFDM system would.
+
+    Args:
+        image: (H, W) uint16 phantom.
+        path: destination ``.dcm`` file.
+        laterality: "L" or "R"; view: "CC" or "MLO"; patient_id: PatientID.
+        pixel_spacing_mm: PixelSpacing written for both axes.
+    """
+    import pydicom  # deferred: only this writer needs it
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    # Digital Mammography X-Ray Image Storage - For Presentation
+    sop_class = "1.2.840.10008.5.1.4.1.1.1.2"
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.PatientID = "MG", patient_id
+    ds.ImageLaterality, ds.ViewPosition = laterality, view
+    ds.PixelSpacing = [pixel_spacing_mm, pixel_spacing_mm]
+    ds.Rows, ds.Columns = image.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = np.ascontiguousarray(image, dtype=np.uint16).tobytes()
+    with atomic_output(path) as tmp:
+        ds.save_as(tmp, enforce_file_format=True)
+    return Path(path)
+
+
 def generate_dataset(
     out_dir: str | os.PathLike,
     n_images: int = 8,
@@ -289,6 +329,7 @@ def generate_dataset(
     seed: int = 0,
     two_views: bool = False,
     fractions: Mapping[str, float] | None = None,
+    image_format: str = "png",
 ) -> Path:
     """Write a phantom dataset: 16-bit PNG images, 0/255 mask PNGs and a split datalist JSON.
 
@@ -298,6 +339,9 @@ def generate_dataset(
     of class c (the classes are drawn independently, so a breast can have both). Labels are noise-free. Mask files
     are written only for classes present in the image.
 
+    ``image_format`` "dicom" writes the images as DICOM (``.dcm``, see :func:`save_dicom_atomic`) instead of
+    16-bit PNG; masks stay PNG.
+
     Layout: ``out_dir/images/<id>.png``, ``out_dir/masks/<id>_<class>.png``, ``out_dir/datalist.json``
     (patient-level split by ``fractions``, default 0.7/0.1/0.2). Every file is written atomically.
 
@@ -306,6 +350,8 @@ def generate_dataset(
     """
     if n_images < 1:
         raise ValueError(f"n_images must be at least 1, got {n_images}")
+    if image_format not in ("png", "dicom"):
+        raise ValueError(f"image_format must be 'png' or 'dicom', got {image_format!r}")
     prevalence = {"benign": 0.3, "malignant": 0.3} if prevalence is None else dict(prevalence)
     out_dir = Path(out_dir)
     views = ("CC", "MLO") if two_views else (None,)
@@ -336,7 +382,11 @@ def generate_dataset(
             phantom = make_phantom(height, width, view, laterality, lesions, view_rng)
             name = f"phantom_{breast_index:04d}_{laterality}-{view}"
             item = {
-                "image": str(save_png_atomic(phantom.image, out_dir / "images" / f"{name}.png")),
+                "image": str(
+                    save_dicom_atomic(phantom.image, out_dir / "images" / f"{name}.dcm", laterality, view, patient_ids[breast_index])
+                    if image_format == "dicom"
+                    else save_png_atomic(phantom.image, out_dir / "images" / f"{name}.png")
+                ),
                 "view": view,
                 "laterality": laterality,
                 "patient_id": patient_ids[breast_index],
