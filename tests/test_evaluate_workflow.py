@@ -21,7 +21,7 @@ from monai.bundle import ConfigWorkflow
 from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from glam_bundle.data.datalist import load_datalist, patient_level_split, write_datalist
+from glam_bundle.data.datalist import load_datalist, write_datalist
 from glam_bundle.data.phantom import generate_dataset
 from glam_bundle.handlers import DatasetLevelPxAP, ImageLevelPxAP, PerClassROCAUC, SoftDice
 from glam_bundle.reports import EvaluationReport, format_value, require_checkpoint
@@ -62,11 +62,10 @@ def trained(tmp_path_factory):
     """Phantom dataset (test split: 3 benign and 3 malignant positives and negatives, plus one unreadable
     file) and a checkpoint from one training epoch. Returns the paths and the common overrides."""
     root = tmp_path_factory.mktemp("evaluate")
-    phantoms = generate_dataset(
-        root / "phantoms", n_images=14, height=736, width=480, prevalence={"benign": 0.5, "malignant": 0.5}, seed=0
-    )
-    # Re-split with a seed of its own: with the generator's seed every benign breast lands in training.
-    splits = patient_level_split(load_datalist(phantoms), {"training": 0.5, "validation": 0.1, "test": 0.4}, seed=1)
+    fractions = {"training": 0.5, "validation": 0.1, "test": 0.4}
+    phantoms = generate_dataset(root / "phantoms", n_images=14, height=736, width=480,
+                                prevalence={"benign": 0.5, "malignant": 0.5}, seed=0, fractions=fractions)
+    splits = {name: load_datalist(phantoms, name) for name in fractions}
     bad_image = root / "phantoms" / "images" / "truncated.png"
     bad_image.write_bytes(PNG_SIGNATURE + b"\x00\x00\x00\x0dIHDR")
     splits["test"].append({"image": str(bad_image), "benign": 0, "malignant": 1, "patient_id": "bad"})
