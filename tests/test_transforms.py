@@ -585,6 +585,23 @@ def test_cached_dataset_reads_its_cache_and_changes_key_with_parameters(syntheti
     assert transform_fingerprint(fresh.transforms) == transform_fingerprint(used.transforms)
 
 
+def test_memory_cache_computes_each_item_once_and_defers_bad_items(synthetic_items, tmp_path, monkeypatch):
+    from glam_bundle.data.robust import SkipBadCases
+
+    items = [*synthetic_items[:1], {"image": str(tmp_path / "missing.png")}]
+    dataset = make_cached_dataset(items, default_preprocessing(image_size=(512, 320)), cache="memory")
+    first = dataset[0]  # built without reading the missing file; items are cached as they are first read
+    monkeypatch.setattr("monai.transforms.LoadImaged.__call__", lambda *a, **k: pytest.fail("cache miss"))
+    torch.testing.assert_close(dataset[0]["image"].as_tensor(), first["image"].as_tensor(), rtol=0, atol=0)
+    monkeypatch.undo()
+    assert SkipBadCases(dataset, log_failures=False)[1]["failed"]
+    assert isinstance(make_cached_dataset(items, default_preprocessing(), cache="none"), Dataset)
+    with pytest.raises(ValueError, match="cache must be one of"):
+        make_cached_dataset(items, default_preprocessing(), cache="gpu")
+    with pytest.raises(ValueError, match="cache_dir"):
+        make_cached_dataset(items, default_preprocessing())
+
+
 def test_preprocessed_items_collate(synthetic_items):
     from monai.data import DataLoader
 
