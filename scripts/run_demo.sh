@@ -16,7 +16,7 @@ $PY scripts/make_phantoms.py --out_dir outputs/synthetic --n_images "$N_IMAGES" 
 echo "== 2/4 training the global module (models/model_global.pt, TensorBoard logs in outputs/train_global)"
 $PY -m monai.bundle run training --config_file configs/train_global.json --max_epochs "$EPOCHS"
 
-echo "== 3/4 evaluation on the test split (outputs/evaluation)"
+echo "== 3/4 evaluation on the test split (outputs/evaluate)"
 $PY -m monai.bundle run --config_file "['configs/train_global.json','configs/evaluate.json']" \
     --ckpt_path models/model_global.pt
 
@@ -24,4 +24,4 @@ echo "== 4/4 inference on the test split (outputs/inference)"
 $PY -m monai.bundle run --config_file configs/inference.json --ckpt_path models/model_global.pt \
     --dataset_dir outputs/synthetic/datalist.json --datalist_split test
 
-echo "done: see outputs/evaluation and outputs/inference"
+echo "done: see outputs/evaluate and outputs/inference"
