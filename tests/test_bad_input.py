@@ -12,15 +12,18 @@ import torch
 from monai.data import Dataset, PersistentDataset
 from monai.transforms import Compose, EnsureTyped, LoadImaged
 from PIL import Image
-from pydicom.dataset import Dataset as DicomDataset
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 from torch.utils.data import DataLoader
 
 from glam_bundle.data.errors import BadInputError
 from glam_bundle.data.readers import MammogramDicomReader, MammogramReader
-from glam_bundle.data.robust import SkipBadCases, collate_skip_failures, failure_message, write_failures_csv
-from tests.test_readers import ramp, write_dicom
+from glam_bundle.data.robust import (
+    SkipBadCases,
+    collate_skip_failures,
+    failure_message,
+    write_failures_csv,
+)
+from tests.dicom_helpers import write_dicom
+from tests.test_readers import ramp
 
 # Large enough for the default 512x512 minimum, non-square.
 BIG_H, BIG_W = 600, 520
@@ -85,16 +88,7 @@ def test_truncated_dicom_pixel_data(tmp_path):
 
 
 def test_dicom_without_pixel_data(tmp_path):
-    ds = DicomDataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.Modality = "MG"
-    ds.Laterality = "L"
-    path = tmp_path / "header_only.dcm"
-    ds.save_as(path, enforce_file_format=True)
+    path = write_dicom(tmp_path / "header_only.dcm", None, Laterality="L")
     assert_bad(path, "DICOM has no pixel data")
     # The DICOM reader on its own raises the same error through LoadImaged.
     with pytest.raises(BadInputError, match="DICOM has no pixel data"):

@@ -28,6 +28,7 @@ from glam_bundle.data.datalist import (
 )
 from glam_bundle.data.errors import BadInputError
 from tests.conftest import CBIS_DDSM, MINI_MIAS, NYU_SAMPLE, REPO_ROOT, require
+from tests.dicom_helpers import write_dicom
 
 
 def _touch(path: Path, content: bytes = b"x") -> Path:
@@ -330,20 +331,7 @@ def test_nyu_builder_on_made_exam_list(tmp_path):
 
 
 def _write_dicom(path: Path, array: np.ndarray) -> Path:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "MG"
-    ds.set_pixel_data(array, "MONOCHROME2", array.dtype.itemsize * 8)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return write_dicom(path, array, bits_stored=array.dtype.itemsize * 8)
 
 
 CBIS_HEADER = (

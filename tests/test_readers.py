@@ -9,11 +9,15 @@ from monai.bundle import ConfigParser
 from monai.data import NibabelWriter, list_data_collate
 from monai.transforms import LoadImage, LoadImaged
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import RLELossless
 
-from glam_bundle.data.readers import MammogramDicomReader, MammogramReader, check_image_array
+from glam_bundle.data.readers import (
+    MammogramDicomReader,
+    MammogramReader,
+    check_image_array,
+)
 from tests.conftest import CBIS_DDSM, MINI_MIAS, NYU_SAMPLE, require
+from tests.dicom_helpers import write_dicom
 
 # Non-square on purpose: a (W, H) mix-up changes the shape.
 H, W = 48, 32
@@ -22,22 +26,6 @@ H, W = 48, 32
 def ramp(height: int = H, width: int = W, scale: int = 1, dtype=np.uint16) -> np.ndarray:
     """(height, width) array whose value encodes its position: row * width + column (times scale)."""
     return (np.arange(height * width).reshape(height, width) * scale).astype(dtype)
-
-
-def write_dicom(path, pixels: np.ndarray, photometric: str = "MONOCHROME2", bits_stored: int = 12, **tags):
-    """Write a single-frame MG-like DICOM with ``pixels`` as stored values and extra ``tags``."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.Modality = "MG"
-    ds.set_pixel_data(pixels, photometric, bits_stored)
-    for keyword, value in tags.items():
-        setattr(ds, keyword, value)
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 def load(path, **reader_args):
@@ -230,16 +218,8 @@ def test_dicom_spacing_from_imager_pixel_spacing(tmp_path):
 
 def test_dicom_rle_and_suffixless_file(tmp_path):
     pixels = ramp()
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.set_pixel_data(pixels, "MONOCHROME2", 16)
-    ds.compress(RLELossless, encoding_plugin="pydicom")
-    path = tmp_path / "IMG0001"  # DICOM folders often have no suffixes
-    ds.save_as(path, enforce_file_format=True)
+    # DICOM folders often have no suffixes
+    path = write_dicom(tmp_path / "IMG0001", pixels, bits_stored=16, compress=RLELossless)
     reader = MammogramReader(min_size=0)
     assert reader.verify_suffix(str(path))
     np.testing.assert_array_equal(load(path).numpy(), pixels)
