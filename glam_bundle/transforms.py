@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import threading
 from collections.abc import Hashable, Mapping, Sequence
@@ -39,6 +40,7 @@ import scipy.ndimage as ndi
 import torch
 from monai.config import KeysCollection
 from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset
+from monai.data.utils import pickle_hashing
 from monai.transforms import (
     BorderPad,
     CastToTyped,
@@ -1189,6 +1191,22 @@ _CAST_TRANSFORMS = (EnsureTyped, CastToTyped)
 
 
 CACHE_MODES = ("disk", "memory", "none")
+# Datalist keys holding files whose content the cached result depends on.
+_FILE_KEYS = ("image", "mask_benign", "mask_malignant")
+
+
+def item_fingerprint(item: Mapping) -> bytes:
+    """Cache key of a datalist item: its entries plus the size and modification time of its files.
+
+    MONAI's default (``pickle_hashing``) hashes the item dict only, so a file rewritten in place (e.g.
+    phantoms regenerated with another seed) would be served stale from the cache.
+    """
+    stats = {}
+    for key in _FILE_KEYS:
+        if isinstance(item.get(key), (str, os.PathLike)) and os.path.isfile(item[key]):
+            status = os.stat(item[key])
+            stats[key] = (status.st_size, status.st_mtime_ns)
+    return pickle_hashing({"item": dict(item), "files": stats})
 
 
 def make_cached_dataset(
@@ -1201,8 +1219,9 @@ def make_cached_dataset(
     - ``"disk"``: a ``PersistentDataset`` in ``cache_dir`` (the default: full-resolution mammograms rarely fit in
       memory). Everything up to the first random transform is stored (exact: float32 image, bool masks, with the
       MetaTensor meta data), except trailing ``EnsureTyped``/``CastToTyped`` casts, which run after reading the
-      cache. The file name hashes the item and :func:`transform_fingerprint` of the cached transforms, so
-      changing a preprocessing parameter (e.g. the window size) gives new entries. Files are read back with
+      cache. The file name hashes the item with its files' size and time (:func:`item_fingerprint`) and
+      :func:`transform_fingerprint` of the cached transforms, so a rewritten file or a changed preprocessing
+      parameter (e.g. the window size) gives new entries. Files are read back with
       ``weights_only=True`` (see :func:`allow_cached_meta`).
     - ``"memory"``: a ``CacheDataset`` filled as items are first read (``runtime_cache``), so a bad image
       fails in ``__getitem__`` where ``glam_bundle.data.robust.SkipBadCases`` can report it, not while the
@@ -1228,5 +1247,10 @@ def make_cached_dataset(
         tail.insert(0, head.pop())
     chain = Compose(head + ([_AfterCache(tail)] if tail else []))
     return PersistentDataset(
-        data=data, transform=chain, cache_dir=cache_dir, hash_transform=transform_fingerprint, track_meta=True
+        data=data,
+        transform=chain,
+        cache_dir=cache_dir,
+        hash_func=item_fingerprint,
+        hash_transform=transform_fingerprint,
+        track_meta=True,
     )

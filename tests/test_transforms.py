@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -579,6 +582,13 @@ def test_cached_dataset_reads_its_cache_and_changes_key_with_parameters(syntheti
     assert len(list(cache.glob("*.pt"))) == 2
     make_cached_dataset(items, default_preprocessing(film=True, image_size=(512, 320)), cache)[0]
     assert len(list(cache.glob("*.pt"))) == 3
+    # a file rewritten in place (new content, same path) is a cache miss, not a stale hit
+    image_path = Path(items[0]["image"])
+    pixels = np.asarray(Image.open(image_path))
+    Image.fromarray(np.ascontiguousarray(pixels[:, ::-1])).save(image_path)
+    os.utime(image_path, ns=(1, 1))
+    make_cached_dataset(items, default_preprocessing(image_size=(512, 320)), cache)[0]
+    assert len(list(cache.glob("*.pt"))) == 4
     # the key depends on the configuration only, not on state the transforms build when first used
     fresh, used = default_preprocessing(), default_preprocessing()
     used(dict(items[0]))
