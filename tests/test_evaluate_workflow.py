@@ -25,7 +25,7 @@ from glam_bundle.data.datalist import load_datalist, write_datalist
 from glam_bundle.data.phantom import generate_dataset
 from glam_bundle.handlers import DatasetLevelPxAP, ImageLevelPxAP, PerClassROCAUC, SoftDice
 from glam_bundle.reports import EvaluationReport, format_value, require_checkpoint
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, SMALL_NETWORK_OVERRIDES
 
 TRAIN_CONFIG = str(REPO_ROOT / "configs" / "train_global.json")
 EVAL_CONFIG = str(REPO_ROOT / "configs" / "evaluate.json")
@@ -40,17 +40,6 @@ EXPECTED_HEADER = [
     "AUC malignant", "AUC benign",
 ]  # fmt: skip
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-# Small sizes so that training + evaluation take seconds on 2 CPU cores.
-SMALL = {
-    "image_size": [736, 480],
-    "crop_size": [128, 128],
-    "num_workers": 0,
-    "network_def#global_channels": [4, 8, 8, 8, 8],
-    "network_def#global_blocks_per_stage": 1,
-    "network_def#local_layers": [1, 1, 1, 1],
-    "network_def#local_channels": [8, 8, 8, 16],
-}
 
 
 def _workflow(config_file, **override) -> ConfigWorkflow:
@@ -72,7 +61,7 @@ def trained(tmp_path_factory):
     dataset_dir = root / "data"
     write_datalist(splits, dataset_dir / "datalist.json")
 
-    override = dict(SMALL, dataset_dir=str(dataset_dir), cache_dir=str(root / "cache"))
+    override = dict(SMALL_NETWORK_OVERRIDES, dataset_dir=str(dataset_dir), cache_dir=str(root / "cache"))
     ckpt_dir = root / "models"
     workflow = _workflow(TRAIN_CONFIG, workflow_type="train", max_epochs=1, ckpt_dir=str(ckpt_dir),
                          output_dir=str(root / "train_out"), **override)  # fmt: skip

@@ -12,18 +12,10 @@ from monai.bundle import ConfigWorkflow, verify_net_in_out
 from PIL import Image
 
 from glam_bundle.data.phantom import generate_dataset
-from tests.conftest import NYU_SAMPLE, ORIGINAL_CHECKPOINT, REPO_ROOT, require
+from tests.conftest import NYU_SAMPLE, ORIGINAL_CHECKPOINT, REPO_ROOT, SMALL_NETWORK_OVERRIDES, require
 
 CONFIG = str(REPO_ROOT / "configs" / "inference.json")
 META = str(REPO_ROOT / "metadata.json")
-SMALL_NETWORK = {
-    "image_size": [736, 480],
-    "crop_size": [128, 128],
-    "network_def#global_channels": [4, 8, 8, 8, 8],
-    "network_def#global_blocks_per_stage": 1,
-    "network_def#local_layers": [1, 1, 1, 1],
-    "network_def#local_channels": [8, 8, 8, 16],
-}
 
 
 def read_csv(path):
@@ -50,7 +42,7 @@ def test_synthetic_images_with_bad_cases(tmp_path):
     items += [{"image": "bad/truncated.png"}, {"image": "bad/rgb.png"}, {"image": "bad/missing.png"}]
     (tmp_path / "data" / "all.json").write_text(json.dumps({"test": items}))
     out = tmp_path / "out"
-    run_workflow(dataset_dir=str(tmp_path / "data" / "all.json"), output_dir=str(out), **SMALL_NETWORK)
+    run_workflow(dataset_dir=str(tmp_path / "data" / "all.json"), output_dir=str(out), **SMALL_NETWORK_OVERRIDES)
 
     rows = read_csv(out / "predictions.csv")
     assert [r["image"].split("/")[-1] for r in rows] == [i["image"].split("/")[-1] for i in items[:4]]

@@ -7,17 +7,7 @@ from monai.bundle import ConfigWorkflow
 
 from glam_bundle.data.datalist import load_datalist, write_datalist
 from glam_bundle.data.phantom import generate_dataset
-from tests.conftest import REPO_ROOT
-
-SMALL = {
-    "image_size": [736, 480],
-    "crop_size": [128, 128],
-    "network_def#global_channels": [4, 8, 8, 8, 8],
-    "network_def#global_blocks_per_stage": 1,
-    "network_def#local_layers": [1, 1, 1, 1],
-    "network_def#local_channels": [8, 8, 8, 16],
-    "num_workers": 0,
-}
+from tests.conftest import REPO_ROOT, SMALL_NETWORK_OVERRIDES
 
 
 def test_training_skips_and_reports_bad_cases(tmp_path):
@@ -33,7 +23,7 @@ def test_training_skips_and_reports_bad_cases(tmp_path):
     workflow = ConfigWorkflow(
         config_file=str(REPO_ROOT / "configs" / "train_global.json"), meta_file=str(REPO_ROOT / "metadata.json"),
         workflow_type="train", logging_file=False, dataset_dir=str(tmp_path / "data"), output_dir=str(out),
-        ckpt_dir=str(models), cache_dir=str(tmp_path / "cache"), max_epochs=2, batch_size=2, **SMALL,
+        ckpt_dir=str(models), cache_dir=str(tmp_path / "cache"), max_epochs=2, batch_size=2, **SMALL_NETWORK_OVERRIDES,
     )
     workflow.initialize()
     assert workflow.check_properties() == []
