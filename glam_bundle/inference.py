@@ -3,7 +3,9 @@ and figures."""
 
 from __future__ import annotations
 
+import csv
 import logging
+import os
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,8 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
 from glam_bundle.data.robust import write_failures_csv
-from glam_bundle.utils import atomic_output, write_csv
+from glam_bundle.data.datalist import datalist_from_folder, load_datalist
+from glam_bundle.utils import atomic_output
 from glam_bundle.visualize import save_glam_figure
 
 logger = logging.getLogger(__name__)
@@ -27,8 +30,6 @@ PREDICTION_COLUMNS = ("image", "benign_pred", "malignant_pred", "benign_label", 
 def load_inference_data(input_path: str | Path, split: str | None = None) -> list[dict]:
     """Items to run inference on: every image of a folder, or the items of a datalist JSON (one split, or all
     splits when ``split`` is None)."""
-    from glam_bundle.data.datalist import datalist_from_folder, load_datalist
-
     input_path = Path(input_path)
     return datalist_from_folder(input_path) if input_path.is_dir() else load_datalist(input_path, split)
 
@@ -73,9 +74,10 @@ class GLAMInferenceWriter:
 
     Per image: ``<stem>_saliency.nii.gz`` (float32 array 2×H×W: benign, malignant; identity affine) and
     ``<stem>_figure.png`` (input with ground truth, selected patches, saliency overlays). For the run:
-    ``predictions.csv`` (image, benign_pred, malignant_pred, labels when known, patch corners), rewritten
-    after every iteration, and ``failures.csv`` (image, error) with the cases that could not be read or
-    written. All files are written atomically.
+    ``predictions.csv`` (image, benign_pred, malignant_pred, labels when known, patch corners) and
+    ``failures.csv`` (image, error) with the cases that could not be read or written. All files appear
+    atomically; while the run goes on, rows are appended (and flushed) to ``predictions.csv.partial``, so a
+    killed run keeps every finished prediction.
 
     Expects the engine's ``state.output`` to hold "pred" (the network's dict, batched) and "label"
     (N, 2) with -1 for unknown, and ``state.batch`` to hold "image" (a MetaTensor with filenames) and,
@@ -102,18 +104,29 @@ class GLAMInferenceWriter:
         self.write_figures = write_figures
         self.crop_size = tuple(crop_size)
         self.prediction_key = prediction_key
-        self.rows: list[dict[str, str]] = []
+        self.num_written = 0
         self.write_failures: list[dict[str, str]] = []
         self._stems: set[str] = set()
+        self._partial: Any = None  # open handle of predictions.csv.partial during a run
+        self._writer: Any = None
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self.reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.write_iteration)
         engine.add_event_handler(Events.COMPLETED, self.write_failures_file)
 
+    @property
+    def _partial_path(self) -> Path:
+        return self.output_dir / "predictions.csv.partial"
+
     def reset(self, engine: Engine) -> None:
-        self.rows, self.write_failures, self._stems = [], [], set()
+        self.num_written, self.write_failures, self._stems = 0, [], set()
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        if self._partial is not None:
+            self._partial.close()
+        self._partial = open(self._partial_path, "w", newline="", encoding="utf-8")
+        self._writer = csv.DictWriter(self._partial, fieldnames=list(PREDICTION_COLUMNS))
+        self._writer.writeheader()
 
     def _unique_stem(self, image_path: str) -> str:
         name = Path(image_path).name
@@ -141,7 +154,7 @@ class GLAMInferenceWriter:
             except Exception as error:  # keep the batch job going; report the case
                 logger.exception("could not write outputs for %s", path)
                 self.write_failures.append({"image": path, "error": f"writing outputs failed: {error}"})
-        self._write_predictions()
+        self._partial.flush()
 
     def _write_case(self, i: int, path: str, pred: Mapping, batch: Mapping, prediction: np.ndarray, label: np.ndarray) -> None:
         stem = self._unique_stem(path)
@@ -158,7 +171,8 @@ class GLAMInferenceWriter:
             image = batch["image"][i, 0].detach().float().cpu().numpy()
             save_glam_figure(self.output_dir / f"{stem}_figure.png", image, saliency, locations, self.crop_size,
                              mask=mask, title=Path(path).name, predictions=prediction.tolist())
-        self.rows.append({
+        self.num_written += 1
+        self._writer.writerow({
             "image": path,
             "benign_pred": f"{prediction[0]:.6f}",
             "malignant_pred": f"{prediction[1]:.6f}",
@@ -167,13 +181,13 @@ class GLAMInferenceWriter:
             "patch_locations": ";".join(f"{int(r)} {int(c)}" for r, c in locations.reshape(-1, 2)),
         })
 
-    def _write_predictions(self) -> None:
-        write_csv(self.output_dir / "predictions.csv", PREDICTION_COLUMNS, self.rows)
-
     def write_failures_file(self, engine: Engine) -> None:
         failures = [{"image": str(f.get("image", "")), "error": str(f.get("error", ""))} for f in getattr(engine.state, "failures", [])]
         failures += self.write_failures
         write_failures_csv(failures, self.output_dir / "failures.csv")
-        self._write_predictions()
-        logger.info("inference: %d images written, %d failures, outputs in %s", len(self.rows), len(failures), self.output_dir)
+        self._partial.close()
+        self._partial = None
+        os.replace(self._partial_path, self.output_dir / "predictions.csv")
+        logger.info("inference: %d images written, %d failures, outputs in %s", self.num_written, len(failures),
+                    self.output_dir)
 
