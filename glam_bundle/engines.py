@@ -8,6 +8,8 @@ from typing import Any
 from ignite.engine import Engine, Events
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 
+from glam_bundle.data.robust import FAILURES_KEY
+
 
 class SkipFailedCasesMixin:
     """Go on past bad cases in a MONAI workflow.
@@ -32,9 +34,9 @@ class SkipFailedCasesMixin:
         engine.state.failures = []
 
     def _iteration(self, engine: Engine, batchdata: dict[str, Any]) -> dict:
-        if isinstance(batchdata, dict) and "failures" in batchdata:
+        if isinstance(batchdata, dict) and FAILURES_KEY in batchdata:
             batchdata = dict(batchdata)
-            engine.state.failures.extend(batchdata.pop("failures"))
+            engine.state.failures.extend(batchdata.pop(FAILURES_KEY))
             if "image" not in batchdata:
                 return {}
         output = super()._iteration(engine, batchdata)  # type: ignore[misc]

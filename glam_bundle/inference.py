@@ -182,8 +182,7 @@ class GLAMInferenceWriter:
         })
 
     def write_failures_file(self, engine: Engine) -> None:
-        failures = [{"image": str(f.get("image", "")), "error": str(f.get("error", ""))} for f in getattr(engine.state, "failures", [])]
-        failures += self.write_failures
+        failures = [*getattr(engine.state, "failures", []), *self.write_failures]
         write_failures_csv(failures, self.output_dir / "failures.csv")
         self._partial.close()
         self._partial = None
