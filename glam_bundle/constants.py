@@ -1,0 +1,47 @@
+"""Names and sizes shared by the whole bundle (as the original GLAM's ``src/constants.py``).
+
+Every module takes these from here; configs repeat only the sizes a user may override on the command line
+(``image_size``, ``crop_size``), with these values as defaults.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CLASS_NAMES",
+    "VIEWS",
+    "LATERALITIES",
+    "MODEL_FRAME_SIZE",
+    "PATCH_SIZE",
+    "NYU_PIXEL_SPACING_MM",
+    "IMAGE_KEY",
+    "MASK_FILE_KEYS",
+    "FILE_KEYS",
+    "SPLITS",
+    "FAILURES_KEY",
+]
+
+# Image-level classes in channel order: label (N, 2), saliency maps (N, 2, H, W), masks (N, 2, H, W).
+CLASS_NAMES: tuple[str, ...] = ("benign", "malignant")
+# Mammographic views and breast lateralities the preprocessing knows.
+VIEWS: tuple[str, ...] = ("CC", "MLO")
+LATERALITIES: tuple[str, ...] = ("L", "R")
+
+# The model frame (H, W): every image is windowed to this size, as in the paper.
+MODEL_FRAME_SIZE: tuple[int, int] = (2944, 1920)
+# Local-module patch size (rows, cols) in model-frame pixels.
+PATCH_SIZE: tuple[int, int] = (512, 512)
+# Pixel spacing assumed for the NYU model frame. Not stated by the GLAM authors: NYU's screening mammograms were
+# acquired on full-field digital units whose detector pitch is 0.07-0.1 mm; 0.1 mm makes the 2944-row window
+# 29.4 cm tall (a 24x30 cm detector) and the sample CC views (2023 and 2144 rows) 20-21 cm, both anatomically
+# plausible. Treat it as an assumption when resampling other data to the NYU scale.
+NYU_PIXEL_SPACING_MM: float = 0.1
+
+# Datalist item keys: the image file and the per-class lesion mask files (channel order of CLASS_NAMES).
+IMAGE_KEY = "image"
+MASK_FILE_KEYS: tuple[str, ...] = tuple(f"mask_{name}" for name in CLASS_NAMES)
+FILE_KEYS: tuple[str, ...] = (IMAGE_KEY, *MASK_FILE_KEYS)
+# Datalist splits, in the order of MONAI's decathlon-style datalists.
+SPLITS: tuple[str, ...] = ("training", "validation", "test")
+
+# Batch key under which the bundle's collate function lists the cases that failed to load.
+FAILURES_KEY = "failures"
