@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 from glam_bundle.data.datalist import datalist_from_folder, load_datalist  # noqa: E402
 from glam_bundle.data.errors import BadInputError  # noqa: E402
 from glam_bundle.transforms import MODEL_WINDOW, default_preprocessing  # noqa: E402
-from glam_bundle.utils import atomic_output  # noqa: E402
+from glam_bundle.atomic_io import atomic_output  # noqa: E402
 
 OUTLINE_COLOURS = {"breast": "cyan", "benign": "lime", "malignant": "red"}
 

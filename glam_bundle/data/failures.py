@@ -25,9 +25,9 @@ from typing import Any
 from monai.data import list_data_collate
 from torch.utils.data import Dataset
 
+from glam_bundle.atomic_io import write_csv
 from glam_bundle.constants import FAILURES_KEY
 from glam_bundle.data.errors import BadInputError
-from glam_bundle.utils import write_csv
 
 __all__ = ["SkipBadCases", "collate_skip_failures", "write_failures_csv", "failure_message", "is_failure"]
 
