@@ -30,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from glam_bundle.data.datalist import datalist_from_folder, load_datalist  # noqa: E402
 from glam_bundle.data.errors import BadInputError  # noqa: E402
-from glam_bundle.transforms import MODEL_WINDOW, default_preprocessing  # noqa: E402
-from glam_bundle.atomic_io import atomic_output  # noqa: E402
+from glam_bundle.constants import MODEL_FRAME_SIZE  # noqa: E402
+from glam_bundle.transforms import default_preprocessing  # noqa: E402
+from glam_bundle.utils import atomic_output  # noqa: E402
 
 OUTLINE_COLOURS = {"breast": "cyan", "benign": "lime", "malignant": "red"}
 
@@ -87,7 +88,7 @@ def contact_sheet(
     split: str | None = None,
     film: bool = False,
     spacing: float | None = None,
-    image_size: tuple[int, int] = MODEL_WINDOW,
+    image_size: tuple[int, int] = MODEL_FRAME_SIZE,
     columns: int = 6,
     max_images: int = 48,
     factor: int = 16,
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default=None, help="datalist split (default: all splits)")
     parser.add_argument("--film", action="store_true", help="scanned film: robust breast mask")
     parser.add_argument("--spacing", type=float, default=None, help="pixel spacing (mm) to resample to NYU scale")
-    parser.add_argument("--image-size", type=int, nargs=2, default=list(MODEL_WINDOW), metavar=("H", "W"))
+    parser.add_argument("--image-size", type=int, nargs=2, default=list(MODEL_FRAME_SIZE), metavar=("H", "W"))
     parser.add_argument("--columns", type=int, default=6)
     parser.add_argument("--max-images", type=int, default=48)
     parser.add_argument("--factor", type=int, default=16, help="downsampling factor of the tiles")

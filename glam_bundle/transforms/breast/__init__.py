@@ -1,0 +1,1 @@
+"""Breast foreground masks: array functions (``array``) and the dictionary transform (``dictionary``)."""

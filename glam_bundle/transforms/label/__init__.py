@@ -1,0 +1,1 @@
+"""Targets of an item: image-level labels and lesion masks (``dictionary``)."""

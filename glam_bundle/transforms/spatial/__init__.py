@@ -1,0 +1,1 @@
+"""Geometry of the preprocessing: array functions (``array``) and dictionary transforms (``dictionary``)."""

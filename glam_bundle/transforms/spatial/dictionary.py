@@ -1,0 +1,422 @@
+"""Dictionary-based geometry transforms: orientation, breast crop, best-centre window, window noise, resampling.
+
+The image key (``image_key``) drives the geometry; ``keys`` lists the image and every mask key that must follow it
+(masks move with nearest-neighbour/threshold semantics). Items whose ``"mask_frame"`` is ``"model"`` carry lesion
+masks already drawn in the preprocessed model frame (the NYU sample segmentation): these transforms then leave the
+``model_frame_keys`` alone (the original never flips or windows masks).
+
+Geometry bookkeeping is written into the image's ``MetaTensor.meta`` so that a model-frame pixel can be mapped
+back to the raw image (:func:`glam_bundle.transforms.spatial.array.map_to_model_frame`): ``"flipped"`` (bool,
+left-right flip applied), ``"crop_box"`` (rows/cols ``[y0, y1, x0, x1]`` of the crop in the oriented raw frame),
+``"best_center"`` ([row, col] in the crop), ``"window_pad"`` ([top, bottom, right] zero padding) and
+``"window_box"`` ([top, bottom, left, right] of the window in the padded crop), ``"resample_factor"``
+([row, col]) and, after noise, ``"noise_box"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import BorderPad, Flip, MapTransform, RandomizableTransform, Resize, SpatialCrop
+from monai.utils import ensure_tuple
+
+from glam_bundle.constants import MODEL_FRAME_SIZE, NYU_PIXEL_SPACING_MM
+from glam_bundle.data.errors import BadInputError
+from glam_bundle.transforms.breast.array import chest_wall_on_right
+from glam_bundle.transforms.spatial.array import best_center, crop_geometry, window_geometry
+from glam_bundle.transforms.utils import (
+    as_meta_tensor,
+    chest_wall_side,
+    image_plane,
+    is_model_frame,
+    resolve_laterality,
+    resolve_view,
+    source_name,
+)
+
+__all__ = ["OrientBreastd", "CropBreastd", "BestCenterWindowd", "RandWindowNoised", "ResampleToSpacingd"]
+
+
+class _GeometryMapTransform(MapTransform):
+    """Base of the geometry transforms: the image drives the geometry, mask keys follow it.
+
+    Keys listed in ``model_frame_keys`` are skipped for items whose ``frame_key`` is ``"model"``. The
+    breast mask (``"breast_mask"``) always follows when the item has one, even if ``keys`` omits it: later
+    steps read it and must see it in the image's geometry.
+    """
+
+    breast_mask_key = "breast_mask"
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        image_key: str = "image",
+        model_frame_keys: KeysCollection = ("mask",),
+        frame_key: str = "mask_frame",
+        allow_missing_keys: bool = True,
+    ):
+        super().__init__(keys, allow_missing_keys)
+        self.image_key = image_key
+        self.model_frame_keys = ensure_tuple(model_frame_keys)
+        self.frame_key = frame_key
+
+    def follow_keys(self, data: Mapping) -> list[Hashable]:
+        """Keys (other than the image) that take the image's geometry for this item."""
+        skip = self.model_frame_keys if is_model_frame(data, self.frame_key) else ()
+        keys = [key for key in self.key_iterator(data) if key != self.image_key and key not in skip]
+        if self.breast_mask_key in data and self.breast_mask_key not in keys:
+            keys.append(self.breast_mask_key)
+        return keys
+
+
+class OrientBreastd(_GeometryMapTransform):
+    """Flip image and masks left-right so that the breast faces right (chest wall on the left).
+
+    ``mode="laterality"``: left breasts stay, right breasts are flipped (the original with
+    horizontal_flip 'NO'; 'YES' in the item's ``flip_key`` reverses this). Laterality comes from the item
+    key ``"laterality"``, else from the image meta (the reader copies DICOM ImageLaterality/Laterality).
+    When laterality is unknown, or with ``mode="auto"``, the image content decides
+    (:func:`chest_wall_on_right` on ``breast_mask_key``, or on pixel > 0 when there is no breast mask).
+
+    Keys: ``keys`` = the image (C, H, W) and the masks that follow it ((C, H, W), any dtype). Writes the
+    image meta ``"flipped"`` and ``"orientation_rule"`` ("laterality"/"content") and sets the item's
+    ``"laterality"``/``"view"`` to the resolved values ("none" when unknown) so batches collate.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = ("image", "mask", "breast_mask"),
+        image_key: str = "image",
+        mode: str = "laterality",
+        breast_mask_key: str = "breast_mask",
+        flip_key: str = "horizontal_flip",
+        default_view: str = "CC",
+        model_frame_keys: KeysCollection = ("mask",),
+        frame_key: str = "mask_frame",
+        allow_missing_keys: bool = True,
+    ):
+        super().__init__(keys, image_key, model_frame_keys, frame_key, allow_missing_keys)
+        if mode not in ("laterality", "auto"):
+            raise ValueError(f"mode must be 'laterality' or 'auto', got {mode!r}.")
+        self.mode = mode
+        self.breast_mask_key = breast_mask_key
+        self.flip_key = flip_key
+        self.default_view = default_view
+        self.flipper = Flip(spatial_axis=1)
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        image = as_meta_tensor(d[self.image_key])
+        side = chest_wall_side(d, image, self.flip_key) if self.mode == "laterality" else None
+        rule = "laterality"
+        if side is None:
+            rule = "content"
+            reference = d.get(self.breast_mask_key)
+            reference = image_plane(reference) if reference is not None else image_plane(image) > 0
+            side = "right" if chest_wall_on_right(reference) else "left"
+        flipped = side == "right"
+        laterality = resolve_laterality(d, image) or "none"
+        view = resolve_view(d, image, self.default_view)
+        if flipped:
+            image = self.flipper(image)
+            for key in self.follow_keys(d):
+                d[key] = self.flipper(d[key])
+        image.meta.update(
+            {
+                "flipped": flipped,
+                "orientation_rule": rule,
+                "oriented_shape": [int(v) for v in image.shape[1:]],
+                "laterality": laterality,
+                "view": view,
+            }
+        )
+        d[self.image_key] = image
+        d["laterality"], d["view"] = laterality, view
+        return d
+
+
+class CropBreastd(_GeometryMapTransform):
+    """crop_mammogram (§5.1): crop image and masks to the breast bounding box with 50-px buffers.
+
+    Works on right-facing images (after :class:`OrientBreastd`); the box comes from ``breast_mask_key``
+    ((1, H, W) bool). Buffers: ``buffer`` rows above and below, ``buffer`` columns on the nipple (right)
+    side, each limited by the image. Records in the image meta ``"crop_box"`` [y0, y1, x0, x1] and the
+    anchor points the best-centre step needs, ``"rightmost_points"`` and ``"bottommost_points"`` (see
+    :func:`crop_geometry`). With ``legacy_flip_offset`` the anchor columns of flipped images carry the
+    original's +1 (it measured them on the unflipped image), which reproduces its best centres exactly.
+
+    Keys: ``keys`` = image (C, H, W) and the masks that follow it; output spatial size (y1-y0, x1-x0).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = ("image", "mask", "breast_mask"),
+        image_key: str = "image",
+        breast_mask_key: str = "breast_mask",
+        buffer: int = 50,
+        rightmost_from_ratio: float = 1 / 3,
+        legacy_flip_offset: bool = True,
+        model_frame_keys: KeysCollection = ("mask",),
+        frame_key: str = "mask_frame",
+        allow_missing_keys: bool = True,
+    ):
+        super().__init__(keys, image_key, model_frame_keys, frame_key, allow_missing_keys)
+        self.breast_mask_key = breast_mask_key
+        self.buffer = buffer
+        self.rightmost_from_ratio = rightmost_from_ratio
+        self.legacy_flip_offset = legacy_flip_offset
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        image = as_meta_tensor(d[self.image_key])
+        if self.breast_mask_key not in d:
+            raise KeyError(f"CropBreastd needs the breast mask '{self.breast_mask_key}' (run BreastMaskd first).")
+        mask = image_plane(d[self.breast_mask_key]).astype(bool)
+        if not mask.any():
+            raise BadInputError(source_name(image), "no breast found (empty foreground mask)")
+        offset = int(self.legacy_flip_offset and bool(image.meta.get("flipped", False)))
+        geometry = crop_geometry(mask, self.buffer, self.rightmost_from_ratio, offset)
+        y0, y1, x0, x1 = geometry["crop_box"]
+        cropper = SpatialCrop(roi_start=(y0, x0), roi_end=(y1, x1))
+        image = cropper(image)
+        for key in self.follow_keys(d):
+            d[key] = cropper(d[key])
+        image.meta.update(geometry)
+        d[self.image_key] = image
+        return d
+
+
+class BestCenterWindowd(_GeometryMapTransform):
+    """The original's best-centre window (§5.2 + §5.3) of size ``window_size`` (default 2944x1920).
+
+    On the cropped, right-facing image: foreground = image > 0 (channel 0); the best centre from
+    :func:`best_center` with the view's rule (CC: right edge anchored at the breast's rightmost point,
+    rows optimised; MLO: anchored at the bottom-most and rightmost points); zero padding when the image
+    is smaller than the window (CC rows split top/bottom, MLO rows at the bottom, columns on the right);
+    a window sticking out is shifted inside. Needs the meta written by :class:`CropBreastd`.
+
+    With crop noise to come (:class:`RandWindowNoised`), pass the same ``max_crop_noise`` and
+    ``max_crop_size_noise``: the padding then keeps the original's noise margin and the output is the
+    window extended by up to that margin on each side (what the noise may reach); meta ``"window_box"``
+    is then given relative to the output. With zero noise (inference) the output is exactly the window.
+
+    Keys: ``keys`` = image (C, H, W) and the masks that follow it (zero/False padded). View from the
+    item's ``"view"`` or the image meta, else ``default_view``. Meta written: ``"best_center"``,
+    ``"window_pad"`` [top, bottom, right], ``"window_box"``.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = ("image", "mask", "breast_mask"),
+        window_size: Sequence[int] = MODEL_FRAME_SIZE,
+        image_key: str = "image",
+        default_view: str = "CC",
+        max_crop_noise: Sequence[int] = (0, 0),
+        max_crop_size_noise: int = 0,
+        model_frame_keys: KeysCollection = ("mask",),
+        frame_key: str = "mask_frame",
+        allow_missing_keys: bool = True,
+    ):
+        super().__init__(keys, image_key, model_frame_keys, frame_key, allow_missing_keys)
+        self.window_size = tuple(int(v) for v in window_size)
+        self.default_view = default_view
+        self.max_crop_noise = tuple(int(v) for v in max_crop_noise)
+        self.max_crop_size_noise = int(max_crop_size_noise)
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        image = as_meta_tensor(d[self.image_key])
+        if "rightmost_points" not in image.meta:
+            raise KeyError("BestCenterWindowd needs the crop meta data of CropBreastd (rightmost/bottommost points).")
+        view = resolve_view(d, image, self.default_view)
+        plane = image_plane(image)
+        center = best_center(
+            plane > 0, view, int(image.meta["rightmost_points"][1]), int(image.meta["bottommost_points"][0]), self.window_size
+        )
+        margin = [noise + self.max_crop_size_noise for noise in self.max_crop_noise]
+        (pad_top, pad_bottom, pad_right), box = window_geometry(plane.shape, center, view, self.window_size, margin)
+        padded_h, padded_w = plane.shape[0] + pad_top + pad_bottom, plane.shape[1] + pad_right
+        top, bottom = max(box[0] - margin[0], 0), min(box[1] + margin[0], padded_h)
+        left, right = max(box[2] - margin[1], 0), min(box[3] + margin[1], padded_w)
+        pad = BorderPad(spatial_border=[pad_top, pad_bottom, 0, pad_right], mode="constant", value=0)
+        cut = SpatialCrop(roi_start=(top, left), roi_end=(bottom, right))
+        image = cut(pad(image))
+        for key in self.follow_keys(d):
+            d[key] = cut(pad(d[key]))
+        image.meta.update(
+            {
+                "view": view,
+                "best_center": [int(center[0]), int(center[1])],
+                "window_pad": [pad_top, pad_bottom, pad_right],
+                "window_box": [box[0] - top, box[1] - top, box[2] - left, box[3] - left],
+                "window_origin": [top, left],
+            }
+        )
+        d[self.image_key] = image
+        d["view"] = view
+        return d
+
+
+class RandWindowNoised(RandomizableTransform, _GeometryMapTransform):
+    """The original training augmentation of the window: crop-position noise and crop-size noise.
+
+    Input: the output of :class:`BestCenterWindowd` built with the same noise settings (the window with
+    its noise margin, meta ``"window_box"``). As the original ``sample_crop_best_center`` +
+    ``sample_crop``: a position multiplier per axis ~ U(-1, 1) (forced away from an image border the
+    window touches) moves the window by ``round(m * min(max_crop_noise, room))``; then each of the four
+    borders moves by ``round(u * n)``, u ~ U(-1, 1), where n = min(max_crop_size_noise, room left on
+    every side) for the longer axis and ``round(n * short/long)`` for the shorter; the cut is resized
+    back to ``window_size`` (bicubic for the image as the original's cv2 INTER_CUBIC, nearest for masks; both
+    with half-pixel centres, PyTorch's ``nearest-exact``, so masks stay aligned). Defaults are the original's
+    ``max_crop_noise=(100, 100)``, ``max_crop_size_noise=100``.
+
+    Keys: image (C, H, W) and masks; masks in the model frame (``frame_key`` "model") are window-sized:
+    they are placed in the margin frame (zero outside) and cut the same way. Meta ``"noise_box"`` records
+    the window [top, bottom, left, right] that was cut, relative to the input.
+    """
+
+    backend = [*Resize.backend]
+
+    def __init__(
+        self,
+        keys: KeysCollection = ("image", "mask", "breast_mask"),
+        window_size: Sequence[int] = MODEL_FRAME_SIZE,
+        max_crop_noise: Sequence[int] = (100, 100),
+        max_crop_size_noise: int = 100,
+        prob: float = 1.0,
+        image_key: str = "image",
+        model_frame_keys: KeysCollection = ("mask",),
+        frame_key: str = "mask_frame",
+        allow_missing_keys: bool = True,
+    ):
+        RandomizableTransform.__init__(self, prob)
+        _GeometryMapTransform.__init__(self, keys, image_key, model_frame_keys, frame_key, allow_missing_keys)
+        self.window_size = tuple(int(v) for v in window_size)
+        self.max_crop_noise = np.asarray(max_crop_noise, dtype=np.int64)
+        self.max_crop_size_noise = int(max_crop_size_noise)
+        self._position = np.zeros(2)
+        self._size = np.zeros(4)
+
+    def randomize(self, data: Any = None) -> None:
+        super().randomize(None)
+        # Same draws as the original: the position multiplier only when there is position noise.
+        self._position = self.R.uniform(-1.0, 1.0, size=2) if self.max_crop_noise.any() else np.zeros(2)
+        self._size = self.R.uniform(-1.0, 1.0, size=4)
+
+    def noise_box(self, shape: Sequence[int], box: Sequence[int]) -> list[int]:
+        """The noisy window [top, bottom, left, right] for an input of spatial ``shape`` holding ``box``."""
+        height, width = int(shape[0]), int(shape[1])
+        top, bottom, left, right = (int(v) for v in box)
+        position = self._position.copy()
+        for axis, (start, end, size) in enumerate(((top, bottom, height), (left, right, width))):
+            if start == 0:
+                position[axis] = abs(position[axis])
+            elif end == size:
+                position[axis] = -abs(position[axis])
+        room = np.array(
+            [height - bottom if position[0] >= 0 else top, width - right if position[1] >= 0 else left]
+        )
+        shift = np.round(position * np.minimum(self.max_crop_noise, room)).astype(np.int64)
+        top, bottom, left, right = top + shift[0], bottom + shift[0], left + shift[1], right + shift[1]
+
+        size_noise = min(self.max_crop_size_noise, top, height - bottom, left, width - right)
+        win_h, win_w = self.window_size
+        if win_h >= win_w:
+            vertical, horizontal = size_noise, round(size_noise * win_w / win_h)
+        else:
+            vertical, horizontal = round(size_noise * win_h / win_w), size_noise
+        borders = np.round(np.array([vertical, vertical, horizontal, horizontal]) * self._size).astype(np.int64)
+        return [int(top + borders[0]), int(bottom + borders[1]), int(left + borders[2]), int(right + borders[3])]
+
+    def __call__(self, data: Mapping, randomize: bool = True) -> dict:
+        d = dict(data)
+        if randomize:
+            self.randomize()
+        image = as_meta_tensor(d[self.image_key])
+        shape = tuple(image.shape[1:])
+        box = image.meta.get("window_box", [0, shape[0], 0, shape[1]])
+        if not self._do_transform:
+            noisy = [int(v) for v in box]
+        else:
+            noisy = self.noise_box(shape, box)
+        cut = SpatialCrop(roi_start=(noisy[0], noisy[2]), roi_end=(noisy[1], noisy[3]))
+        resize_image = Resize(self.window_size, mode="bicubic")
+        resize_mask = Resize(self.window_size, mode="nearest-exact")
+
+        def place(mask):
+            # a model-frame mask covers exactly the noise-free window: put it into the margin frame
+            border = [box[0], shape[0] - box[1], box[2], shape[1] - box[3]]
+            return BorderPad(spatial_border=border, mode="constant", value=0)(mask)
+
+        out = cut(image)
+        if tuple(out.shape[1:]) != self.window_size:
+            out = resize_image(out)
+        model_keys = self.model_frame_keys if is_model_frame(d, self.frame_key) else ()
+        keys = [key for key in self.key_iterator(d) if key != self.image_key]
+        if self.breast_mask_key in d and self.breast_mask_key not in keys:
+            keys.append(self.breast_mask_key)
+        for key in keys:
+            mask = place(d[key]) if key in model_keys else d[key]
+            mask = cut(mask)
+            if tuple(mask.shape[1:]) != self.window_size:
+                dtype = mask.dtype
+                mask = resize_mask(mask.float())
+                mask = mask > 0.5 if dtype == torch.bool else mask.to(dtype)
+            d[key] = mask
+        out.meta["noise_box"] = noisy
+        d[self.image_key] = out
+        return d
+
+
+class ResampleToSpacingd(_GeometryMapTransform):
+    """Rescale an image of known pixel spacing to the NYU scale (bilinear image, nearest-exact masks).
+
+    The NYU model frame is assumed to have ``target_spacing`` =
+    :data:`~glam_bundle.constants.NYU_PIXEL_SPACING_MM` = 0.1 mm per pixel (an assumption, see the constant's
+    comment; the GLAM paper does not state it). The output size is ``round(size * pixel_spacing /
+    target_spacing)`` per axis, e.g. mini-MIAS (0.2 mm, 1024x1024) -> 2048x2048. Run it before
+    :class:`BreastMaskd` (the original's 100-pixel erosion is in NYU pixels).
+
+    Keys: image (C, H, W) and masks (model-frame masks are skipped). Meta ``"resample_factor"``
+    [row, col] (output/input size) and ``"pixel_spacing_mm"`` (after resampling).
+
+    Args:
+        pixel_spacing: source spacing in mm, a float or (row, col).
+        target_spacing: spacing of the model frame in mm.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = ("image", "mask"),
+        pixel_spacing: float | Sequence[float] = 0.2,
+        target_spacing: float = NYU_PIXEL_SPACING_MM,
+        image_key: str = "image",
+        model_frame_keys: KeysCollection = ("mask",),
+        frame_key: str = "mask_frame",
+        allow_missing_keys: bool = True,
+    ):
+        super().__init__(keys, image_key, model_frame_keys, frame_key, allow_missing_keys)
+        spacing = ensure_tuple(pixel_spacing)
+        self.pixel_spacing = tuple(float(s) for s in (spacing * 2 if len(spacing) == 1 else spacing))
+        self.target_spacing = float(target_spacing)
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        image = as_meta_tensor(d[self.image_key])
+        size = tuple(
+            max(1, round(n * s / self.target_spacing)) for n, s in zip(image.shape[1:], self.pixel_spacing)
+        )
+        factor = [size[0] / image.shape[1], size[1] / image.shape[2]]
+        image = Resize(size, mode="bilinear")(image)
+        image.meta.update({"resample_factor": factor, "pixel_spacing_mm": self.target_spacing})
+        for key in self.follow_keys(d):
+            mask = d[key]
+            dtype = mask.dtype
+            mask = Resize(size, mode="nearest-exact")(mask.float())
+            d[key] = mask > 0.5 if dtype == torch.bool else mask.to(dtype)
+        d[self.image_key] = image
+        return d
