@@ -6,6 +6,7 @@
 - ``spatial``: orientation, breast crop, best-centre window and its training noise, resampling to the NYU
   scale, and the map from raw-image points into the model frame.
 - ``label``: image-level labels and stacked lesion masks (:class:`MakeLabeld`, :class:`StackMasksd`).
+- ``post``: transforms of the network output (:class:`SelectOutputsd`).
 - ``chain``: the whole preprocessing chain (:func:`default_preprocessing`) and its named pieces.
 - ``utils``: item-level helpers shared by the families.
 
@@ -28,6 +29,7 @@ from glam_bundle.transforms.breast.array import (
 from glam_bundle.transforms.breast.dictionary import BreastMaskd
 from glam_bundle.transforms.chain import default_preprocessing
 from glam_bundle.transforms.label.dictionary import MakeLabeld, StackMasksd
+from glam_bundle.transforms.post.dictionary import SelectOutputsd
 from glam_bundle.transforms.spatial.array import best_center, crop_geometry, map_to_model_frame, window_geometry
 from glam_bundle.transforms.spatial.dictionary import (
     BestCenterWindowd,
@@ -47,6 +49,7 @@ __all__ = [
     "ResampleToSpacingd",
     "StackMasksd",
     "MakeLabeld",
+    "SelectOutputsd",
     "original_breast_mask",
     "film_breast_mask",
     "otsu_threshold",
