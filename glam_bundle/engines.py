@@ -8,7 +8,7 @@ from typing import Any
 from ignite.engine import Engine, Events
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 
-from glam_bundle.data.robust import FAILURES_KEY
+from glam_bundle.constants import FAILURES_KEY
 
 
 class SkipFailedCasesMixin:

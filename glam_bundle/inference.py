@@ -17,9 +17,9 @@ from ignite.engine import Engine, Events
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from glam_bundle.data.robust import write_failures_csv
+from glam_bundle.atomic_io import atomic_output
 from glam_bundle.data.datalist import datalist_from_folder, load_datalist
-from glam_bundle.utils import atomic_output
+from glam_bundle.data.failures import write_failures_csv
 from glam_bundle.visualize import save_glam_figure
 
 logger = logging.getLogger(__name__)

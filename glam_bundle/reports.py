@@ -26,7 +26,7 @@ from ignite.engine import Engine, Events  # noqa: E402
 
 from glam_bundle.handlers import DatasetLevelPxAP, PerClassMetricHandler  # noqa: E402
 from glam_bundle.metrics import CLASS_NAMES  # noqa: E402
-from glam_bundle.utils import atomic_output  # noqa: E402
+from glam_bundle.atomic_io import atomic_output  # noqa: E402
 
 __all__ = ["LOCALISATION_METRICS", "TABLE_CLASSES", "require_checkpoint", "format_value", "EvaluationReport"]
 

@@ -121,7 +121,7 @@ def machine_description() -> dict:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    from glam_bundle.utils import atomic_output
+    from glam_bundle.atomic_io import atomic_output
 
     with atomic_output(path) as temp:
         temp.write_text(text, encoding="utf-8")

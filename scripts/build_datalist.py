@@ -25,18 +25,17 @@ from pathlib import Path
 # Scripts are run as files, so the repository root (holding glam_bundle) is not on sys.path by itself.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from glam_bundle.data.datalist import (  # noqa: E402
-    SPLITS,
+from glam_bundle.constants import SPLITS  # noqa: E402
+from glam_bundle.data.builders import (  # noqa: E402
     BuildResult,
     build_cbis_ddsm_items,
     build_csv_items,
     build_mini_mias_items,
     build_nyu_items,
     build_vindr_items,
-    datalist_from_folder,
-    split_items,
-    write_datalist,
 )
+from glam_bundle.data.datalist import datalist_from_folder, write_datalist  # noqa: E402
+from glam_bundle.data.splits import split_items  # noqa: E402
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -32,7 +32,7 @@ from glam_bundle.data.datalist import datalist_from_folder, load_datalist  # noq
 from glam_bundle.data.errors import BadInputError  # noqa: E402
 from glam_bundle.constants import MODEL_FRAME_SIZE  # noqa: E402
 from glam_bundle.transforms import default_preprocessing  # noqa: E402
-from glam_bundle.utils import atomic_output  # noqa: E402
+from glam_bundle.atomic_io import atomic_output  # noqa: E402
 
 OUTLINE_COLOURS = {"breast": "cyan", "benign": "lime", "malignant": "red"}
 

@@ -17,7 +17,8 @@ from pathlib import Path
 # Scripts are run as files, so the repository root (holding glam_bundle) is not on sys.path by itself.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from glam_bundle.data.datalist import SPLITS, load_datalist  # noqa: E402
+from glam_bundle.constants import SPLITS  # noqa: E402
+from glam_bundle.data.datalist import load_datalist  # noqa: E402
 from glam_bundle.data.phantom import generate_dataset  # noqa: E402
 
 

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from glam_bundle.data.errors import BadInputError
 from glam_bundle.data.readers import MammogramDicomReader, MammogramReader
-from glam_bundle.data.robust import (
+from glam_bundle.data.failures import (
     SkipBadCases,
     collate_skip_failures,
     failure_message,

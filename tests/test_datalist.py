@@ -13,20 +13,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from glam_bundle.data.datalist import (
+from glam_bundle.data.builders import (
     build_cbis_ddsm_items,
     build_csv_items,
     build_mini_mias_items,
     build_nyu_items,
     build_vindr_items,
-    datalist_from_folder,
-    load_datalist,
-    patient_level_split,
     restricted_load_pickle,
-    split_items,
-    write_datalist,
 )
+from glam_bundle.data.datalist import datalist_from_folder, load_datalist, write_datalist
 from glam_bundle.data.errors import BadInputError
+from glam_bundle.data.splits import patient_level_split, split_items
 from tests.conftest import CBIS_DDSM, MINI_MIAS, NYU_SAMPLE, REPO_ROOT, require
 from tests.dicom_helpers import write_dicom
 

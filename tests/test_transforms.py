@@ -596,7 +596,7 @@ def test_cached_dataset_reads_its_cache_and_changes_key_with_parameters(syntheti
 
 
 def test_memory_cache_computes_each_item_once_and_defers_bad_items(synthetic_items, tmp_path, monkeypatch):
-    from glam_bundle.data.robust import SkipBadCases
+    from glam_bundle.data.failures import SkipBadCases
 
     items = [*synthetic_items[:1], {"image": str(tmp_path / "missing.png")}]
     dataset = make_cached_dataset(items, default_preprocessing(image_size=(512, 320)), cache="memory")

@@ -23,14 +23,15 @@ from typing import NamedTuple
 import numpy as np
 from scipy import fft, ndimage
 
-from glam_bundle.data.datalist import DEFAULT_FRACTIONS, patient_level_split, save_png_atomic, write_datalist
-from glam_bundle.utils import atomic_output
+from glam_bundle.atomic_io import atomic_output, save_png_atomic
+from glam_bundle.constants import CLASS_NAMES, LATERALITIES, VIEWS
+from glam_bundle.data.datalist import write_datalist
+from glam_bundle.data.splits import DEFAULT_FRACTIONS, patient_level_split
 
 __all__ = ["LESION_KINDS", "Phantom", "power_law_noise", "make_phantom", "save_dicom_atomic", "generate_dataset"]
 
 # Lesion kind -> class it belongs to.
 LESION_KINDS = {"benign_mass": "benign", "malignant_mass": "malignant", "calcification_cluster": "malignant"}
-CLASSES = ("benign", "malignant")
 MAX_VALUE = 4095  # 12-bit detector range, as in the NYU images
 
 
@@ -213,9 +214,9 @@ def make_phantom(
     Raises:
         ValueError: unknown view/laterality/lesion, or no room left in the breast for a lesion.
     """
-    if view not in ("CC", "MLO"):
+    if view not in VIEWS:
         raise ValueError(f"view must be CC or MLO, got {view!r}")
-    if laterality not in ("L", "R"):
+    if laterality not in LATERALITIES:
         raise ValueError(f"laterality must be L or R, got {laterality!r}")
     rng = np.random.default_rng(rng)
     rows, cols = np.ogrid[:height, :width]
@@ -246,7 +247,7 @@ def make_phantom(
     image = np.where(breast, tissue, 0.0)
 
     # Lesions, each fully inside the breast, clear of the skin, the muscle and each other.
-    masks = {cls: np.zeros((height, width), dtype=bool) for cls in CLASSES}
+    masks = {cls: np.zeros((height, width), dtype=bool) for cls in CLASS_NAMES}
     placed: list[_Lesion] = []
     margin = 0.01 * height
     for kind in _resolve_kinds(lesions, rng):
@@ -354,7 +355,7 @@ def generate_dataset(
         raise ValueError(f"image_format must be 'png' or 'dicom', got {image_format!r}")
     prevalence = {"benign": 0.3, "malignant": 0.3} if prevalence is None else dict(prevalence)
     out_dir = Path(out_dir)
-    views = ("CC", "MLO") if two_views else (None,)
+    views = VIEWS if two_views else (None,)
     n_breasts = math.ceil(n_images / len(views))
 
     fractions = DEFAULT_FRACTIONS if fractions is None else fractions
@@ -363,10 +364,10 @@ def generate_dataset(
     patient_ids = [f"phantom_{index:04d}" for index in range(n_breasts)]
     patient_splits = patient_level_split([{"patient_id": pid} for pid in patient_ids], fractions, seed)
     lesion_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
-    positive: dict[str, set[int]] = {cls: set() for cls in CLASSES}
+    positive: dict[str, set[int]] = {cls: set() for cls in CLASS_NAMES}
     for members in patient_splits.values():
         indices = [patient_ids.index(member["patient_id"]) for member in members]
-        for cls in CLASSES:
+        for cls in CLASS_NAMES:
             count = round(prevalence.get(cls, 0.0) * len(indices))
             positive[cls].update(lesion_rng.permutation(indices)[:count].tolist())
     items = []
@@ -374,7 +375,7 @@ def generate_dataset(
         breast_rng = np.random.default_rng([seed, breast_index])
         laterality = "L" if breast_rng.uniform() < 0.5 else "R"
         breast_views = [v or ("CC" if breast_rng.uniform() < 0.5 else "MLO") for v in views]
-        lesions = [cls for cls in CLASSES if breast_index in positive[cls]]
+        lesions = [cls for cls in CLASS_NAMES if breast_index in positive[cls]]
         for view_index, view in enumerate(breast_views):
             if len(items) == n_images:
                 break
@@ -392,7 +393,7 @@ def generate_dataset(
                 "patient_id": patient_ids[breast_index],
                 **phantom.labels,
             }
-            for cls in CLASSES:
+            for cls in CLASS_NAMES:
                 if phantom.labels[cls]:
                     mask_path = out_dir / "masks" / f"{name}_{cls}.png"
                     item[f"mask_{cls}"] = str(save_png_atomic(phantom.masks[cls] * np.uint8(255), mask_path))

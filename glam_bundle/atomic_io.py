@@ -1,4 +1,7 @@
-"""Small shared utilities."""
+"""Atomic file writes: a reader never sees a half-written file, and a failed write leaves the old one.
+
+``atomic_output`` is the one helper; ``write_csv``, ``write_text_atomic`` and ``save_png_atomic`` are built on it.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["atomic_output", "write_csv", "write_text_atomic", "save_png_atomic"]
 
 
 @contextmanager
@@ -42,4 +50,29 @@ def write_csv(path: str | Path, columns: Sequence[str], rows: Sequence[Mapping[s
             writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
+    return Path(path)
+
+
+def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
+    """Write ``text`` as UTF-8 to ``path``, atomically (parent folders are created)."""
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(text.encode("utf-8"))
+    return Path(path)
+
+
+def save_png_atomic(array: np.ndarray, path: str | os.PathLike) -> Path:
+    """Save a 2-D array as a grayscale PNG, atomically.
+
+    Args:
+        array: (H, W) uint8 (8-bit PNG), uint16 (16-bit PNG) or bool (saved as 0/255 uint8).
+        path: destination ``.png`` file; its folder is created when missing.
+    """
+    array = np.asarray(array)
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    if array.ndim != 2 or array.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"expected a 2-D uint8/uint16/bool array, got {array.dtype} {array.shape}")
+    image = Image.fromarray(array)  # uint16 -> mode "I;16", written as a 16-bit grayscale PNG
+    with atomic_output(path) as tmp:
+        image.save(tmp, format="PNG")
     return Path(path)
