@@ -23,7 +23,10 @@ def trainable(module: torch.nn.Module) -> int:
 
 def test_parameter_counts_match_the_original():
     model = GLAM()
-    assert trainable(model.global_module) == 2_800_444  # includes the 12 of the unused `combine` weight
+    # 2,800,444 parameters as the original, of which the 12 of the unused `combine` weight are frozen (DDP)
+    assert sum(p.numel() for p in model.global_module.parameters()) == 2_800_444
+    assert trainable(model.global_module) == 2_800_432
+    assert not model.global_module.heads.combine.requires_grad
     assert trainable(model.local_module) == 21_285_696
 
 
@@ -34,8 +37,9 @@ def test_global_module_shapes_at_paper_resolution():
     assert h0.shape == (1, 64, 184, 120)
     assert h1.shape == (1, 128, 92, 60)
     assert h2.shape == (1, 256, 46, 30)
-    out = net.heads((h0, h1, h2))
+    out, native = net.heads((h0, h1, h2))
     assert out.shape == (1, 3, 2, 184, 120)
+    assert [tuple(s.shape) for s in native] == [(1, 2, 184, 120), (1, 2, 92, 60), (1, 2, 46, 30)]
 
 
 @torch.no_grad()
@@ -49,6 +53,10 @@ def test_global_module_outputs_and_combination():
     # S1 and S2 are replicated 2×2 and 4×4 blocks of their native 92×60 and 46×30 maps
     assert torch.equal(s1[..., ::2, ::2].repeat_interleave(2, -2).repeat_interleave(2, -1), s1)
     assert torch.equal(s2[..., ::4, ::4].repeat_interleave(4, -2).repeat_interleave(4, -1), s2)
+    # the native-resolution maps (for the appendix-B ℓ1 term) are those blocks
+    assert torch.equal(out["saliency_native_0"], s0)
+    assert torch.equal(out["saliency_native_1"], s1[..., ::2, ::2])
+    assert torch.equal(out["saliency_native_2"], s2[..., ::4, ::4])
     k = round(184 * 120 * 0.03)
     expected = s1.flatten(2).topk(k, dim=-1).values.mean(-1)
     torch.testing.assert_close(out["y_scales"][:, 1], expected)
@@ -140,3 +148,4 @@ def test_glam_gamma_c_and_options():
         GLAM(aggregation="max")
     with pytest.raises(ValueError):
         GlobalNetwork(gammas=(0.5, 0.6, 0.2))
+

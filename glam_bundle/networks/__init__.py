@@ -3,14 +3,25 @@
 from glam_bundle.networks.aggregation import ConcatAggregation, GatedAttentionAggregation
 from glam_bundle.networks.fusion import FusionModule
 from glam_bundle.networks.glam import GLAM, GLAMSaliency
-from glam_bundle.networks.global_network import BasicBlockV2, GlobalBackbone, GlobalNetwork, MultiScaleSaliencyHeads
+from glam_bundle.networks.global_network import (
+    NATIVE_SALIENCY_KEYS,
+    BasicBlockV2,
+    GlobalBackbone,
+    GlobalNetwork,
+    MultiScaleSaliencyHeads,
+)
 from glam_bundle.networks.local_network import HighResResNet, LocalNetwork
-from glam_bundle.networks.patch_selection import crop_patches, paste_patch_maps, select_patch_locations
+from glam_bundle.networks.patch_selection import (
+    crop_patches,
+    paste_patch_maps,
+    select_patch_locations,
+)
 from glam_bundle.networks.pooling import TopTPooling, top_t_pool
 
 __all__ = [
     "GLAM",
     "GLAMSaliency",
+    "NATIVE_SALIENCY_KEYS",
     "BasicBlockV2",
     "ConcatAggregation",
     "FusionModule",

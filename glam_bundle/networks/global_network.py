@@ -11,6 +11,9 @@ from torch import nn
 
 from glam_bundle.networks.pooling import TopTPooling
 
+# Output keys of S0, S1, S2 at their native resolutions (separate tensors keep the output a dict of tensors).
+NATIVE_SALIENCY_KEYS: tuple[str, str, str] = ("saliency_native_0", "saliency_native_1", "saliency_native_2")
+
 
 class BasicBlockV2(nn.Module):
     """Pre-activation residual block of the global module.
@@ -98,18 +101,23 @@ class GlobalBackbone(nn.Module):
 
 
 class MultiScaleSaliencyHeads(nn.Module):
-    """1×1 convolution + sigmoid heads producing S0, S1, S2 from (h0, h1, h2), all at h0's resolution.
+    """1×1 convolution + sigmoid heads producing S0, S1, S2 from (h0, h1, h2).
 
-    As in the released code, the logits of S1 and S2 are nearest-upsampled to h0's size (184×120 for a
-    2944×1920 input) before the sigmoid, so S_g and the top-t pooling live on that grid.
+    As in the released code, S1 and S2 are nearest-upsampled to h0's size (184×120 for a 2944×1920 input),
+    so S_g and the top-t pooling live on that grid. The released code upsamples the logits and then applies
+    the sigmoid; nearest upsampling only copies values, so the sigmoid is applied at native resolution here
+    and the result is identical, with the native maps (for the paper's ℓ1 term) at no extra cost.
 
     Args:
         in_channels: channels of (h0, h1, h2).
         num_classes: saliency channels (2: benign, malignant).
         keep_combine: keep the original's unused 1×1 ``combine`` weight (2×6) so that the authors'
-            checkpoints load strictly; it takes no part in the forward pass.
+            checkpoints load strictly; it takes no part in the forward pass and has ``requires_grad=False``
+            (a trainable parameter without gradient breaks DistributedDataParallel).
 
-    Shapes: -> (N, 3, num_classes, h0_h, h0_w), scales stacked along dim 1 in the order S0, S1, S2.
+    Shapes: (h0, h1, h2) -> (stacked, native): ``stacked`` (N, 3, num_classes, h0_h, h0_w), scales along
+    dim 1 in the order S0, S1, S2; ``native`` the list [S0, S1, S2] at the resolutions of h0, h1, h2
+    (184×120, 92×60, 46×30 for 2944×1920).
     """
 
     def __init__(
@@ -118,18 +126,15 @@ class MultiScaleSaliencyHeads(nn.Module):
         super().__init__()
         self.conv0, self.conv1, self.conv2 = (nn.Conv2d(c, num_classes, 1, bias=False) for c in in_channels)
         if keep_combine:
-            self.combine = nn.Parameter(torch.empty(num_classes, num_classes * 3, 1, 1))
+            self.combine = nn.Parameter(torch.empty(num_classes, num_classes * 3, 1, 1), requires_grad=False)
             nn.init.xavier_normal_(self.combine)
 
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         h0, h1, h2 = features
         size = h0.shape[-2:]
-        logits = [
-            self.conv0(h0),
-            F.interpolate(self.conv1(h1), size=size, mode="nearest"),
-            F.interpolate(self.conv2(h2), size=size, mode="nearest"),
-        ]
-        return torch.sigmoid(torch.stack(logits, dim=1))
+        native = [torch.sigmoid(self.conv0(h0)), torch.sigmoid(self.conv1(h1)), torch.sigmoid(self.conv2(h2))]
+        upsampled = [native[0]] + [F.interpolate(s, size=size, mode="nearest") for s in native[1:]]
+        return torch.stack(upsampled, dim=1), native
 
 
 class GlobalNetwork(nn.Module):
@@ -144,6 +149,8 @@ class GlobalNetwork(nn.Module):
 
     Forward: x (N, 1, H, W) -> dict with
         ``saliency_scales`` (N, 3, 2, h, w): S0, S1, S2 on the h0 grid (184×120 for 2944×1920);
+        ``saliency_native_0``, ``saliency_native_1``, ``saliency_native_2``: S0, S1, S2 at their own
+        resolutions (N, 2, 184, 120), (N, 2, 92, 60), (N, 2, 46, 30), for the ℓ1 term of the loss (appendix B);
         ``y_scales`` (N, 3, 2): top-t pooled ỹ0, ỹ1, ỹ2;
         ``saliency_global`` (N, 2, h, w): S_g = Σ γ_n S_n;
         ``y_global`` (N, 2): ŷ_g = mean of ỹ_n (probabilities);
@@ -170,10 +177,13 @@ class GlobalNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         h0, h1, h2 = self.backbone(x)
-        scales = self.heads((h0, h1, h2))
+        scales, native = self.heads((h0, h1, h2))
         y_scales = self.pool(scales.flatten(1, 2)).view(scales.shape[:3])
         return {
             "saliency_scales": scales,
+            NATIVE_SALIENCY_KEYS[0]: native[0],
+            NATIVE_SALIENCY_KEYS[1]: native[1],
+            NATIVE_SALIENCY_KEYS[2]: native[2],
             "y_scales": y_scales,
             "saliency_global": (scales * self.gammas.to(scales.dtype)).sum(dim=1),
             "y_global": y_scales.mean(dim=1),
