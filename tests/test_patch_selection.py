@@ -1,8 +1,9 @@
-"""Patch selection (Algorithm 1) against hand-built saliency maps."""
+"""Patch selection (Algorithm 1) against hand-built saliency maps, and random patches for negative images."""
 
+import pytest
 import torch
 
-from glam_bundle.networks import crop_patches, paste_patch_maps, select_patch_locations
+from glam_bundle.networks import crop_patches, paste_patch_maps, random_patch_locations, select_patch_locations
 
 IMAGE = (2944, 1920)
 
@@ -69,3 +70,25 @@ def test_crop_and_paste_round_trip():
     expected = maps[1, 1].repeat_interleave(4, -2).repeat_interleave(4, -1)
     assert torch.equal(pasted[1, :, 48:64, 32:48], expected)
     assert pasted[0, :, 20:32, 0:16].abs().sum() == 0  # background stays zero
+
+
+def test_random_patch_locations_are_uniform_valid_and_seeded():
+    torch.manual_seed(0)
+    locations = random_patch_locations(500, (256, 128), (64, 64), num_patches=6)
+    assert locations.shape == (500, 6, 2) and locations.dtype == torch.long
+    rows, cols = locations[..., 0], locations[..., 1]
+    # every patch inside the image, and the whole valid range [0, 192] × [0, 64] is reached
+    assert rows.min() == 0 and rows.max() == 256 - 64
+    assert cols.min() == 0 and cols.max() == 128 - 64
+    assert abs(rows.float().mean().item() - 96) < 3 and abs(cols.float().mean().item() - 32) < 1.5
+    torch.manual_seed(0)
+    assert torch.equal(random_patch_locations(500, (256, 128), (64, 64), num_patches=6), locations)
+    first, second = (
+        random_patch_locations(2, IMAGE, num_patches=3, generator=torch.Generator().manual_seed(1)) for _ in range(2)
+    )
+    assert torch.equal(first, second)
+    assert (first <= torch.tensor([2944 - 512, 1920 - 512])).all()
+    # a crop as large as the image has one location
+    assert random_patch_locations(2, (64, 64), (64, 64), 2).abs().sum() == 0
+    with pytest.raises(ValueError, match="does not fit"):
+        random_patch_locations(1, (64, 48), (64, 64))

@@ -14,6 +14,7 @@ from glam_bundle.networks.local_network import HighResResNet, LocalNetwork
 from glam_bundle.networks.patch_selection import (
     crop_patches,
     paste_patch_maps,
+    random_patch_locations,
     select_patch_locations,
 )
 from glam_bundle.networks.pooling import TopTPooling, top_t_pool
@@ -34,6 +35,7 @@ __all__ = [
     "TopTPooling",
     "crop_patches",
     "paste_patch_maps",
+    "random_patch_locations",
     "select_patch_locations",
     "top_t_pool",
 ]

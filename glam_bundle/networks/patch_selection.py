@@ -1,6 +1,6 @@
 """Patch selection (paper Algorithm 1, appendix A; reference spec section 2): greedy, batched choice of the
-windows of the global saliency map with the largest mean, their crops from the image, and the pasting of
-patch maps back into the image frame."""
+windows of the global saliency map with the largest mean, random locations for negative images in training,
+their crops from the image, and the pasting of patch maps back into the image frame."""
 
 from __future__ import annotations
 
@@ -78,6 +78,41 @@ def select_patch_locations(
         [image_size[0] - crop_size[0], image_size[1] - crop_size[1]], device=saliency.device
     ).clamp(min=0)
     return torch.minimum(image_corners, upper)
+
+
+def random_patch_locations(
+    batch_size: int,
+    image_size: Sequence[int],
+    crop_size: Sequence[int] = (512, 512),
+    num_patches: int = 1,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Uniformly random patch locations, for negative images while the local module trains (paper section 3.3
+    and appendix G.2: negative examples are patches sampled at random from images without lesions).
+
+    Each corner is drawn uniformly from the valid integer range [0, H − h_c] × [0, W − w_c], independently
+    for every image and patch (patches of one image may overlap). Draws come from torch's RNG for ``device``
+    (or ``generator``), so ``monai.utils.set_determinism`` makes them reproducible.
+
+    Args:
+        batch_size: N.
+        image_size: (H, W).
+        crop_size: (h_c, w_c), at most the image size.
+        num_patches: K.
+        device: device of the result.
+        generator: optional generator on ``device``.
+
+    Returns:
+        (N, num_patches, 2) long tensor of upper-left (row, col) corners; every patch lies inside the image.
+    """
+    rows, cols = (int(i) - int(c) + 1 for i, c in zip(image_size, crop_size))
+    if rows <= 0 or cols <= 0:
+        raise ValueError(f"crop {tuple(crop_size)} does not fit a {tuple(image_size)} image")
+    shape = (batch_size, num_patches)
+    row = torch.randint(rows, shape, device=device, generator=generator)
+    col = torch.randint(cols, shape, device=device, generator=generator)
+    return torch.stack([row, col], dim=-1)
 
 
 def crop_patches(image: torch.Tensor, locations: torch.Tensor, crop_size: Sequence[int] = (512, 512)) -> torch.Tensor:
