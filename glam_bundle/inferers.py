@@ -1,10 +1,11 @@
-"""Inferers of the bundle."""
+"""Inferers and batch preparation of the bundle."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+from monai.engines.utils import PrepareBatch, default_prepare_batch
 from monai.inferers import Inferer
 from torch import nn
 
@@ -12,7 +13,8 @@ from torch import nn
 class GLAMInferer(Inferer):
     """Run GLAM on a batch, optionally only its global module (global training stage, global-only evaluation).
 
-    MONAI's ``SimpleInferer`` cannot fix a keyword of the network's forward, hence this class.
+    MONAI's ``SimpleInferer`` cannot fix a keyword of the network's forward, hence this class. Extra positional
+    and keyword arguments (e.g. ``labels`` from ``PrepareBatchWithLabels``) go to the network unchanged.
 
     Args:
         global_only: compute only the global module's outputs (no patch selection, no local module).
@@ -26,3 +28,31 @@ class GLAMInferer(Inferer):
         if self.global_only:
             kwargs["global_only"] = True
         return network(inputs, *args, **kwargs)
+
+
+class PrepareBatchWithLabels(PrepareBatch):
+    """``prepare_batch`` for MONAI's trainers that also hands the image-level labels to the network.
+
+    MONAI's ``SupervisedTrainer`` calls ``inferer(inputs, network, *args, **kwargs)`` with the ``args`` and
+    ``kwargs`` of a 4-tuple returned by ``prepare_batch``; this returns ``(image, label, (), {"labels": label})``
+    so that ``GLAM.forward(x, labels=...)`` draws random patches for negative images while the local module
+    trains (paper section 3.3). In a config: ``"prepare_batch": {"_target_":
+    "glam_bundle.inferers.PrepareBatchWithLabels"}`` in the trainer, with ``GLAMInferer`` as its inferer.
+    A batch without labels gives ``(image, None, (), {})``.
+
+    Args:
+        keyword: name of the network's keyword argument ("labels" for GLAM).
+    """
+
+    def __init__(self, keyword: str = "labels") -> None:
+        self.keyword = keyword
+
+    def __call__(
+        self,
+        batchdata: dict[str, torch.Tensor],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, tuple, dict[str, Any]]:
+        image, label = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
+        return image, label, (), ({} if label is None else {self.keyword: label})

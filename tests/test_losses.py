@@ -1,11 +1,16 @@
-"""Losses of the staged training (paper section 3.3, appendix B): reductions and float32 under low precision."""
+"""Losses of the staged training (paper section 3.3, appendix B): reductions, float32 under autocast, and one
+MONAI SupervisedTrainer step that hands the labels to GLAM."""
+
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from monai.engines import SupervisedTrainer
 
+from glam_bundle.inferers import GLAMInferer, PrepareBatchWithLabels
 from glam_bundle.losses import GlobalModuleLoss, JointLoss, LocalModuleLoss
-from glam_bundle.networks import GlobalNetwork
+from glam_bundle.networks import GLAM, GlobalNetwork
 
 TINY = dict(
     crop_size=(64, 64), num_patches_train=3, global_channels=(4, 8, 8, 8, 8), global_blocks_per_stage=1,
@@ -87,6 +92,38 @@ def test_low_precision_inputs_give_the_float32_loss(dtype):
         assert value.grad is not None and value.grad.dtype == dtype and torch.isfinite(value.grad).all(), key
 
 
+def test_network_and_loss_under_cpu_autocast():
+    x = tiny_batch()
+    torch.manual_seed(0)
+    model = GLAM(**TINY).train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(1)
+    reference = JointLoss()(model(x, labels=LABELS), LABELS)
+    model.load_state_dict(state)
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, labels=LABELS)
+        losses = [loss(out, LABELS) for loss in (GlobalModuleLoss(), LocalModuleLoss(), JointLoss())]
+    assert out["y_global"].dtype == torch.bfloat16  # the network did run in low precision
+    for value in losses:
+        assert value.dtype == torch.float32 and torch.isfinite(value)
+    torch.testing.assert_close(losses[2], reference, rtol=5e-2, atol=0)
+    losses[2].backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert model.local_module.saliency_head.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA autocast needs a GPU")
+def test_losses_under_cuda_autocast():
+    # F.binary_cross_entropy raises "unsafe to autocast" inside torch.autocast("cuda")
+    model = GLAM(**TINY).cuda().train()
+    labels = LABELS.cuda()
+    with torch.autocast("cuda", dtype=torch.float16):
+        out = model(tiny_batch().cuda(), labels=labels)
+        value = JointLoss()(out, labels)
+    assert value.dtype == torch.float32 and torch.isfinite(value)
+    value.backward()
 
 
 def test_loss_errors():
@@ -102,6 +139,41 @@ def test_loss_errors():
     with pytest.raises(ValueError):
         LocalModuleLoss(sparsity_weight=-1)
 
+
+def test_supervised_trainer_hands_labels_to_glam():
+    """One epoch of local-module training (stage 3) with MONAI's SupervisedTrainer: PrepareBatchWithLabels makes
+    the inferer call GLAM(x, labels=...), so negative images get random patches."""
+    torch.manual_seed(0)
+    model = GLAM(aggregation="concat", use_fusion=False, freeze_global=True, **TINY)
+    data = [{"image": image, "label": label} for image, label in zip(tiny_batch(), LABELS)]
+    loader = torch.utils.data.DataLoader(data, batch_size=4)
+    seen = []
+
+    def record(module, args, kwargs):
+        seen.append(kwargs.get("labels"))
+
+    model.register_forward_pre_hook(record, with_kwargs=True)
+    global_before = {k: v.clone() for k, v in model.global_module.state_dict().items()}
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=loader,
+        network=model,
+        optimizer=torch.optim.Adam(model.parameters(), lr=1e-2),
+        loss_function=LocalModuleLoss(),
+        inferer=GLAMInferer(),
+        prepare_batch=PrepareBatchWithLabels(),
+        decollate=False,
+    )
+    trainer.run()
+    assert len(seen) == 1 and torch.equal(seen[0], LABELS)
+    assert math.isfinite(trainer.state.output["loss"].item())
+    assert not model.global_module.training  # trainer's network.train() left the frozen module in eval mode
+    for key, value in model.global_module.state_dict().items():
+        assert torch.equal(value, global_before[key]), key
+    # the evaluation path without labels still works
+    image, label, args, kwargs = PrepareBatchWithLabels()({"image": tiny_batch()[:1]})
+    assert label is None and kwargs == {}
 
 
 def test_bce_matches_torch_reference():

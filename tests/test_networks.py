@@ -3,14 +3,17 @@
 import pytest
 import torch
 
+from glam_bundle.losses import GlobalModuleLoss, JointLoss, LocalModuleLoss
 from glam_bundle.networks import (
     GLAM,
     ConcatAggregation,
     FusionModule,
     GatedAttentionAggregation,
+    GLAMSaliency,
     GlobalNetwork,
     LocalNetwork,
     TopTPooling,
+    random_patch_locations,
 )
 
 H, W = 2944, 1920
@@ -117,6 +120,7 @@ def test_glam_forward_dict_and_training_patches(aggregation):
     assert model.global_module.heads.conv1.weight.grad.abs().sum() > 0
     assert model.local_module.saliency_head.weight.grad.abs().sum() > 0
     assert model.fusion.linear.weight.grad.abs().sum() > 0
+    assert "saliency" not in out and "saliency_local" not in out  # not built in training mode by default
     model.eval()
     with torch.no_grad():
         out = model(x)
@@ -148,4 +152,114 @@ def test_glam_gamma_c_and_options():
         GLAM(aggregation="max")
     with pytest.raises(ValueError):
         GlobalNetwork(gammas=(0.5, 0.6, 0.2))
+
+
+# Staged training (paper section 3.3) on a tiny GLAM: 256×128 images, 64×64 patches, narrow layers.
+TINY = dict(crop_size=(64, 64), num_patches_train=3, **SMALL)
+TINY_IMAGE = (256, 128)
+LABELS = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+
+
+def tiny_batch(seed: int = 0) -> torch.Tensor:
+    return torch.randn(len(LABELS), 1, *TINY_IMAGE, generator=torch.Generator().manual_seed(seed))
+
+
+def test_full_resolution_maps_flag():
+    x = tiny_batch()[:2]
+    model = GLAM(full_resolution_maps=True, **TINY).train()
+    assert model(x)["saliency"].shape == (2, 2, *TINY_IMAGE)
+    model = GLAM(full_resolution_maps=False, **TINY).eval()
+    with torch.no_grad():
+        out = model(x)
+    assert "saliency" not in out and "saliency_local" not in out and out["y_local"].shape == (2, 2)
+    # GLAMSaliency's only output is S_c: built in training mode too
+    saliency_model = GLAMSaliency(**TINY).train()
+    assert saliency_model(x).shape == (2, 2, *TINY_IMAGE)
+
+
+def test_frozen_global_module_stays_in_eval_mode_through_a_local_training_step():
+    torch.manual_seed(0)
+    model = GLAM(aggregation="concat", use_fusion=False, freeze_global=True, **TINY)
+    x = tiny_batch()
+    # non-trivial running statistics, so that batch statistics would give different outputs
+    for module in model.global_module.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    global_before = {k: v.clone() for k, v in model.global_module.state_dict().items()}
+    local_before = {k: v.clone() for k, v in model.local_module.state_dict().items()}
+    with torch.no_grad():
+        reference = model.eval()(x)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.train()  # as MONAI's trainer does every iteration
+    assert model.training and model.local_module.training and not model.global_module.training
+    assert not any(p.requires_grad for p in model.global_module.parameters())
+    out = model(x)
+    torch.testing.assert_close(out["y_global"], reference["y_global"], rtol=0, atol=0)
+    torch.testing.assert_close(out["saliency_global"], reference["saliency_global"], rtol=0, atol=0)
+    # Algorithm 1 on the pretrained S_g: the first of the K training patches is the evaluation patch
+    assert torch.equal(out["patch_locations"][:, :1], reference["patch_locations"])
+    optimizer.zero_grad()
+    LocalModuleLoss()(out, LABELS).backward()
+    optimizer.step()
+    for key, value in model.global_module.state_dict().items():
+        assert torch.equal(value, global_before[key]), key  # weights, running stats, num_batches_tracked
+    assert not torch.equal(model.local_module.saliency_head.weight, local_before["saliency_head.weight"])
+    with torch.no_grad():
+        after = model.eval()(x)
+    torch.testing.assert_close(after["y_global"], reference["y_global"], rtol=0, atol=0)
+    # unfreezing makes the global module trainable again, except the unused `combine`
+    model.freeze_global = False
+    model.train()
+    assert model.global_module.training
+    assert all(p.requires_grad for n, p in model.global_module.named_parameters() if n != "heads.combine")
+    assert not model.global_module.heads.combine.requires_grad
+
+
+def test_negative_images_get_random_patches_in_training():
+    torch.manual_seed(0)
+    model = GLAM(aggregation="concat", use_fusion=False, freeze_global=True, **TINY).train()
+    x = tiny_batch()
+    with torch.no_grad():
+        selected = model(x)["patch_locations"]  # labels None: Algorithm 1 for every image
+        torch.manual_seed(123)
+        out = model(x, labels=LABELS)
+        torch.manual_seed(123)
+        again = model(x, labels=LABELS)
+    torch.manual_seed(123)
+    random = random_patch_locations(len(LABELS), TINY_IMAGE, (64, 64), 3)
+    negative = (LABELS == 0).all(1)
+    assert torch.equal(out["patch_locations"][negative], random[negative])
+    assert torch.equal(out["patch_locations"][~negative], selected[~negative])
+    assert torch.equal(out["patch_locations"], again["patch_locations"])  # reproducible from torch's seed
+    assert not torch.equal(random[negative], selected[negative])
+    # evaluation mode ignores the labels
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x, labels=LABELS)["patch_locations"], model(x)["patch_locations"])
+    with pytest.raises(ValueError, match="labels"):
+        model.train()(x, labels=LABELS[:2])
+
+
+def assert_every_trainable_parameter_has_a_grad(module: torch.nn.Module) -> None:
+    missing = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"trainable parameters without gradient (DDP would fail): {missing}"
+
+
+def test_every_trainable_parameter_gets_a_gradient_in_each_stage():
+    x = tiny_batch()
+    # stage 1: global module only (the optimizer holds global_module's parameters)
+    torch.manual_seed(0)
+    model = GLAM(**TINY).train()
+    GlobalModuleLoss()(model(x, global_only=True), LABELS).backward()
+    assert_every_trainable_parameter_has_a_grad(model.global_module)
+    # stage 3: local module, concatenation aggregation, no fusion, frozen global module
+    model = GLAM(aggregation="concat", use_fusion=False, freeze_global=True, **TINY).train()
+    LocalModuleLoss()(model(x, labels=LABELS), LABELS).backward()
+    assert_every_trainable_parameter_has_a_grad(model)
+    assert any(p.requires_grad for p in model.parameters())
+    # stage 4: joint training, attention aggregation and fusion
+    model = GLAM(aggregation="attention", use_fusion=True, **TINY).train()
+    JointLoss()(model(x, labels=LABELS), LABELS).backward()
+    assert_every_trainable_parameter_has_a_grad(model)
 

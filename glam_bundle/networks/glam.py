@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +14,12 @@ from glam_bundle.networks.aggregation import ConcatAggregation, GatedAttentionAg
 from glam_bundle.networks.fusion import FusionModule
 from glam_bundle.networks.global_network import GlobalNetwork
 from glam_bundle.networks.local_network import LocalNetwork
-from glam_bundle.networks.patch_selection import crop_patches, paste_patch_maps, select_patch_locations
+from glam_bundle.networks.patch_selection import (
+    crop_patches,
+    paste_patch_maps,
+    random_patch_locations,
+    select_patch_locations,
+)
 
 AGGREGATIONS = {"concat": ConcatAggregation, "attention": GatedAttentionAggregation}
 
@@ -36,16 +42,28 @@ class GLAM(nn.Module):
         gamma_c: weight of S_g in S_c = γ_c S_g + (1 − γ_c) S_l (paper: 0.5, appendix G.9).
         global_channels, global_blocks_per_stage: global backbone size (paper defaults).
         local_layers, local_channels: local backbone size (ResNet-34 defaults).
+        freeze_global: keep the global module fixed (local-module training, paper section 3.3 step 3): its
+            parameters get ``requires_grad=False`` and ``train()`` leaves it in evaluation mode, so BatchNorm
+            uses and keeps its running statistics and patch selection sees the pretrained S_g. The attribute
+            can be changed later; setting it to False makes the global parameters trainable again (except
+            the unused ``heads.combine``).
+        full_resolution_maps: build ``saliency_local`` and ``saliency`` (two N×2×H×W maps). None (default):
+            only in evaluation mode, as training needs neither and they are large (45 MB per image at
+            2944×1920 in float32).
 
-    Forward: x (N, 1, H, W), e.g. H=2944, W=1920 -> dict with
+    Forward: x (N, 1, H, W), e.g. H=2944, W=1920; ``global_only``; ``labels`` (N, C) image-level labels, used
+    only in training mode: the K patches of images whose labels are all 0 are drawn at random
+    (``random_patch_locations``, paper section 3.3 and appendix G.2), the others come from Algorithm 1 on S_g.
+    Returns a dict with
         ``y_global`` (N, 2) ŷ_g; ``y_local`` (N, 2) ŷ_l; ``y_fusion`` (N, 2) ŷ_f when fusion is on;
         ``saliency_global`` (N, 2, h, w) S_g on the h0 grid (184×120);
-        ``saliency_local`` (N, 2, H, W) S_l (zero outside the patches);
-        ``saliency`` (N, 2, H, W) S_c at the input resolution;
+        ``saliency_local`` (N, 2, H, W) S_l (zero outside the patches) and ``saliency`` (N, 2, H, W) S_c at
+        the input resolution, when ``full_resolution_maps`` asks for them (by default in evaluation mode);
         ``patch_locations`` (N, K, 2) upper-left (row, col) of the patches;
         ``saliency_patches`` (N, K, 2, a, b) A_k (128×128 for 512 patches);
-        ``saliency_scales`` (N, 3, 2, h, w), ``y_scales`` (N, 3, 2), ``z_global`` (N, 256),
-        ``z_local`` (N, 512), and ``attention`` (N, K) with attention aggregation.
+        ``saliency_scales`` (N, 3, 2, h, w) and ``y_scales`` (N, 3, 2) (S_n on the h0 grid and ỹ_n);
+        ``saliency_native_0/1/2`` S_n at native resolution (184×120, 92×60, 46×30);
+        ``z_global`` (N, 256), ``z_local`` (N, 512), and ``attention`` (N, K) with attention aggregation.
         With ``global_only=True`` only the global module's entries are computed.
     """
 
@@ -66,6 +84,8 @@ class GLAM(nn.Module):
         global_blocks_per_stage: int = 2,
         local_layers: Sequence[int] = (3, 4, 6, 3),
         local_channels: Sequence[int] = (64, 128, 256, 512),
+        freeze_global: bool = False,
+        full_resolution_maps: bool | None = None,
     ) -> None:
         super().__init__()
         if aggregation not in AGGREGATIONS:
@@ -86,8 +106,33 @@ class GLAM(nn.Module):
         else:
             self.aggregation = ConcatAggregation(local_percent_t)
         self.fusion = FusionModule(self.global_module.representation_size, local_size, num_classes) if use_fusion else None
+        self.full_resolution_maps = full_resolution_maps
+        self.freeze_global = freeze_global
 
-    def forward(self, x: torch.Tensor, global_only: bool = False) -> dict[str, torch.Tensor]:
+    @property
+    def freeze_global(self) -> bool:
+        """Whether the global module is kept fixed (see the class arguments)."""
+        return self._freeze_global
+
+    @freeze_global.setter
+    def freeze_global(self, value: bool) -> None:
+        self._freeze_global = bool(value)
+        unused = getattr(self.global_module.heads, "combine", None)
+        for param in self.global_module.parameters():
+            param.requires_grad_(not self._freeze_global and param is not unused)
+        self.global_module.train(self.training and not self._freeze_global)
+
+    def train(self, mode: bool = True) -> GLAM:
+        # MONAI's trainers call network.train() every iteration: a frozen global module must stay in eval mode
+        # (running BatchNorm statistics, unchanged patch selection), not only have requires_grad=False.
+        super().train(mode)
+        if self._freeze_global:
+            self.global_module.eval()
+        return self
+
+    def forward(
+        self, x: torch.Tensor, global_only: bool = False, labels: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         image_size = tuple(x.shape[-2:])
         if image_size[0] < self.crop_size[0] or image_size[1] < self.crop_size[1]:
             raise ValueError(f"input {image_size} is smaller than the {self.crop_size} patch")
@@ -96,6 +141,8 @@ class GLAM(nn.Module):
             return out
         num_patches = self.num_patches_train if self.training else self.num_patches
         locations = select_patch_locations(out["saliency_global"], image_size, self.crop_size, num_patches)
+        if self.training and labels is not None:
+            locations = self._random_locations_for_negatives(locations, labels, image_size)
         patches = crop_patches(x[:, :1], locations, self.crop_size)  # (N, K, 1, P, P)
         n, k = patches.shape[:2]
         local = self.local_module(patches.flatten(0, 1))
@@ -103,20 +150,39 @@ class GLAM(nn.Module):
         out.update(self.aggregation(patch_maps, local["z_patch"].unflatten(0, (n, k))))
         if self.fusion is not None:
             out["y_fusion"] = self.fusion(out["z_global"], out["z_local"])
-        saliency_local = paste_patch_maps(patch_maps, locations, image_size, self.crop_size)
-        saliency_global_full = F.interpolate(out["saliency_global"], size=image_size, mode="nearest")
-        out.update(
-            patch_locations=locations,
-            saliency_patches=patch_maps,
-            saliency_local=saliency_local,
-            saliency=self.gamma_c * saliency_global_full + (1.0 - self.gamma_c) * saliency_local,
-        )
+        out.update(patch_locations=locations, saliency_patches=patch_maps)
+        full_resolution = not self.training if self.full_resolution_maps is None else self.full_resolution_maps
+        if full_resolution:
+            saliency_local = paste_patch_maps(patch_maps, locations, image_size, self.crop_size)
+            saliency_global_full = F.interpolate(out["saliency_global"], size=image_size, mode="nearest")
+            out.update(
+                saliency_local=saliency_local,
+                saliency=self.gamma_c * saliency_global_full + (1.0 - self.gamma_c) * saliency_local,
+            )
         return out
+
+    def _random_locations_for_negatives(
+        self, locations: torch.Tensor, labels: torch.Tensor, image_size: tuple[int, ...]
+    ) -> torch.Tensor:
+        """Replace the Algorithm 1 locations (N, K, 2) of images whose labels (N, C) are all 0 by random ones."""
+        n, k = locations.shape[:2]
+        if labels.ndim != 2 or labels.shape[0] != n:
+            raise ValueError(f"labels must be (N, C) with N = {n} images, got shape {tuple(labels.shape)}")
+        negative = (labels == 0).all(dim=1).to(locations.device)
+        # Drawn for every image (no data-dependent branch or host sync); positives keep Algorithm 1's choice.
+        random_locations = random_patch_locations(n, image_size, self.crop_size, k, device=locations.device)
+        return torch.where(negative.view(n, 1, 1), random_locations, locations)
 
 
 class GLAMSaliency(GLAM):
     """GLAM returning only the combined saliency map S_c (N, 2, H, W), for tools that need one tensor
-    (``monai.bundle verify_net_in_out``, MONAI Label, TorchScript export). Same weights and arguments as GLAM."""
+    (``monai.bundle verify_net_in_out``, MONAI Label, TorchScript export). Same weights and arguments as GLAM;
+    ``full_resolution_maps`` None means True here (S_c is the only output, in either mode)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.full_resolution_maps is None:
+            self.full_resolution_maps = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         return super().forward(x)["saliency"]
