@@ -13,6 +13,7 @@ from glam_bundle.networks import (
     GlobalNetwork,
     LocalNetwork,
     TopTPooling,
+    load_partial_state_dict,
     random_patch_locations,
 )
 
@@ -263,3 +264,29 @@ def test_every_trainable_parameter_gets_a_gradient_in_each_stage():
     JointLoss()(model(x, labels=LABELS), LABELS).backward()
     assert_every_trainable_parameter_has_a_grad(model)
 
+
+def test_load_partial_state_dict_from_stage_3_into_stage_4():
+    torch.manual_seed(0)
+    stage3 = GLAM(aggregation="concat", use_fusion=False, **TINY)
+    stage4 = GLAM(aggregation="attention", use_fusion=True, **TINY)
+    fusion_before = stage4.fusion.linear.weight.clone()
+    loaded, initialised = load_partial_state_dict(stage4, stage3.state_dict())
+    assert loaded == sorted(stage3.state_dict())
+    assert initialised and all(k.startswith(("aggregation.", "fusion.")) for k in initialised)
+    assert sorted(loaded + initialised) == sorted(stage4.state_dict())
+    for key, value in stage3.state_dict().items():
+        assert torch.equal(stage4.state_dict()[key], value)
+    assert torch.equal(stage4.fusion.linear.weight, fusion_before)
+    # the other way round: the attention and fusion weights are unexpected, accepted only when asked
+    with pytest.raises(KeyError, match="does not have"):
+        load_partial_state_dict(stage3, stage4.state_dict())
+    loaded, initialised = load_partial_state_dict(stage3, stage4.state_dict(), ignore_unexpected=True)
+    assert initialised == [] and loaded == sorted(stage3.state_dict())
+    # a different architecture: every mismatching key is listed, nothing is loaded
+    wider = GLAM(**dict(TINY, local_channels=(8, 8, 8, 32)))
+    before = {k: v.clone() for k, v in stage4.state_dict().items()}
+    with pytest.raises(ValueError, match="local_module.saliency_head.weight"):
+        load_partial_state_dict(stage4, wider.state_dict())
+    assert all(torch.equal(v, before[k]) for k, v in stage4.state_dict().items())
+    with pytest.raises(KeyError, match="does not have"):
+        load_partial_state_dict(stage4, {"module." + k: v for k, v in stage3.state_dict().items()})

@@ -18,6 +18,7 @@ from glam_bundle.networks.patch_selection import (
     select_patch_locations,
 )
 from glam_bundle.networks.pooling import TopTPooling, top_t_pool
+from glam_bundle.networks.utils import load_partial_state_dict
 
 __all__ = [
     "GLAM",
@@ -34,6 +35,7 @@ __all__ = [
     "MultiScaleSaliencyHeads",
     "TopTPooling",
     "crop_patches",
+    "load_partial_state_dict",
     "paste_patch_maps",
     "random_patch_locations",
     "select_patch_locations",
