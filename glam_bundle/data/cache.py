@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
 from monai.data.utils import pickle_hashing
-from monai.transforms import CastToTyped, Compose, EnsureTyped
+from monai.transforms import CastToTyped, Compose, DeleteItemsd, EnsureTyped
 from monai.transforms.traits import RandomizableTrait
 from monai.transforms.transform import Randomizable, Transform
 from monai.utils import SpaceKeys, TraceKeys
@@ -127,6 +127,26 @@ class _AfterCache(Randomizable):
 _CAST_TRANSFORMS = (EnsureTyped, CastToTyped)
 
 
+def _defer_trailing_casts(head: list) -> tuple[list, list]:
+    """Split the cached transforms ``head`` into what is cached and the casts that can run after the cache.
+
+    Trailing ``EnsureTyped``/``CastToTyped`` casts move after the cache (the cache keeps compact dtypes). A
+    trailing ``DeleteItemsd`` stays before the cache (the deleted entries are not stored) and the casts before
+    it move too when they touch none of its keys (a deletion and a cast of other keys commute).
+    """
+    head, casts, deletions, deleted = list(head), [], [], set()
+    while head:
+        last = head[-1]
+        if isinstance(last, DeleteItemsd) and not any(last.use_re):
+            deleted.update(str(key).split(last.sep)[0] for key in last.keys)
+            deletions.insert(0, head.pop())
+        elif isinstance(last, _CAST_TRANSFORMS) and not deleted.intersection(map(str, last.keys)):
+            casts.insert(0, head.pop())
+        else:
+            break
+    return head + deletions, casts
+
+
 CACHE_MODES = ("disk", "memory", "none")
 
 
@@ -154,7 +174,8 @@ def make_cached_dataset(
     - ``"disk"``: a ``PersistentDataset`` in ``cache_dir`` (the default: full-resolution mammograms rarely fit in
       memory). Everything up to the first random transform is stored (exact: float32 image, bool masks, with the
       MetaTensor meta data), except trailing ``EnsureTyped``/``CastToTyped`` casts, which run after reading the
-      cache. The file name hashes the item with its files' size and time (:func:`item_fingerprint`) and
+      cache (also those before a trailing ``DeleteItemsd`` of other keys, see :func:`_defer_trailing_casts`).
+      The file name hashes the item with its files' size and time (:func:`item_fingerprint`) and
       :func:`transform_fingerprint` of the cached transforms, so a rewritten file or a changed preprocessing
       parameter (e.g. the window size) gives new entries. Files are read back with
       ``weights_only=True`` (see :func:`allow_cached_meta`).
@@ -177,9 +198,8 @@ def make_cached_dataset(
         (i for i, t in enumerate(transforms) if isinstance(t, RandomizableTrait) or not isinstance(t, Transform)),
         len(transforms),
     )
-    head, tail = transforms[:first_random], transforms[first_random:]
-    while head and isinstance(head[-1], _CAST_TRANSFORMS):
-        tail.insert(0, head.pop())
+    head, casts = _defer_trailing_casts(transforms[:first_random])
+    tail = casts + transforms[first_random:]
     chain = Compose(head + ([_AfterCache(tail)] if tail else []))
     return PersistentDataset(
         data=data,
