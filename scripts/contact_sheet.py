@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from monai.transforms import Compose, DeleteItemsd  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
@@ -100,7 +101,8 @@ def contact_sheet(
         the output path.
     """
     items = load_items(source, split, recursive)[:max_images]
-    transform = default_preprocessing(image_size=image_size, film=film, spacing=spacing)
+    chain = default_preprocessing(image_size=image_size, film=film, spacing=spacing)
+    transform = Compose([t for t in chain.transforms if not isinstance(t, DeleteItemsd)])  # keep the breast mask
     rows = max(1, -(-len(items) // columns))
     tile_h = 2.6 * image_size[0] / max(image_size)
     tile_w = 2.6 * image_size[1] / max(image_size)

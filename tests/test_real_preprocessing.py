@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+from monai.transforms import Compose, DeleteItemsd, EnsureChannelFirstd, LoadImaged
 from PIL import Image
 
 from glam_bundle.data.readers import MammogramReader
@@ -23,9 +23,14 @@ from glam_bundle.transforms import (
 from tests.conftest import CBIS_DDSM, MINI_MIAS, NYU_SAMPLE, ORIGINAL_CHECKPOINT, require
 
 
+def keep_breast_mask(chain: Compose) -> Compose:
+    """``chain`` without its final DeleteItemsd, so that a test can check the breast mask in the model frame."""
+    return Compose([t for t in chain.transforms if not isinstance(t, DeleteItemsd)])
+
+
 @pytest.fixture(scope="module")
 def inference_chain():
-    return default_preprocessing()
+    return keep_breast_mask(default_preprocessing())
 
 
 # ------------------------------------------------------------------------------------------------ NYU sample
@@ -97,7 +102,7 @@ def test_nyu_content_orientation_agrees_with_laterality():
 def test_cbis_ddsm_film_dicom(name):
     path = require(CBIS_DDSM / name)
     # no laterality/view in the item: laterality comes from the DICOM Laterality tag, the view defaults to CC
-    out = default_preprocessing(film=True)({"image": str(path)})
+    out = keep_breast_mask(default_preprocessing(film=True))({"image": str(path)})
     image, breast = out["image"], out["breast_mask"][0]
     assert image.shape == (1, 2944, 1920) and out["laterality"] == "L" and not image.meta["flipped"]
     assert image.meta["orientation_rule"] == "laterality" and image.meta["breast_mask_method"] == "film"
@@ -155,7 +160,7 @@ def test_mini_mias_film_with_resampling(ref, tmp_path):
         "malignant": int(severity == "M"),
         key: str(tmp_path / "circle.png"),
     }
-    out = default_preprocessing(film=True, spacing=0.2)(item)
+    out = keep_breast_mask(default_preprocessing(film=True, spacing=0.2))(item)
     image, breast = out["image"], out["breast_mask"][0]
     assert image.shape == (1, 2944, 1920) and image.meta["resample_factor"] == [2.0, 2.0]
     assert image.meta["flipped"] is (number % 2 == 1)

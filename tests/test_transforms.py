@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 from monai.data import Dataset, MetaTensor
-from monai.transforms import NormalizeIntensityd
+from monai.transforms import Compose, DeleteItemsd, NormalizeIntensityd
 from PIL import Image
 
+from glam_bundle.data.cache import transform_fingerprint
 from glam_bundle.data.errors import BadInputError
 from glam_bundle.transforms import (
     BestCenterWindowd,
@@ -27,12 +28,15 @@ from glam_bundle.transforms import (
     crop_geometry,
     default_preprocessing,
     film_breast_mask,
+    finish_transforms,
+    frame_transforms,
+    load_transforms,
     make_cached_dataset,
     map_to_model_frame,
     original_breast_mask,
     otsu_threshold,
-    transform_fingerprint,
     window_geometry,
+    window_transforms,
 )
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -525,9 +529,51 @@ def synthetic_items(tmp_path):
     ]
 
 
+def keep_breast_mask(chain: Compose) -> Compose:
+    """``chain`` without its final DeleteItemsd, so that a test can check the breast mask in the model frame."""
+    return Compose([t for t in chain.transforms if not isinstance(t, DeleteItemsd)])
+
+
+def test_default_preprocessing_is_the_four_pieces():
+    joined = default_preprocessing(
+        image_size=(512, 320), film=True, augment=True, spacing=0.2, max_crop_noise=(20, 10), max_crop_size_noise=5,
+        min_size=(64, 64),
+    )
+    pieces = (
+        load_transforms(min_size=(64, 64), model_frame_size=(512, 320))
+        + frame_transforms(film=True, spacing=0.2)
+        + window_transforms(image_size=(512, 320), augment=True, max_crop_noise=(20, 10), max_crop_size_noise=5)
+        + finish_transforms()
+    )
+    # (inside a Compose: Compose seeds the random transforms, which gives them a RandomState attribute)
+    assert transform_fingerprint(joined.transforms) == transform_fingerprint(Compose(pieces).transforms)
+    assert transform_fingerprint(default_preprocessing().transforms) == transform_fingerprint(
+        Compose(load_transforms() + frame_transforms() + window_transforms() + finish_transforms()).transforms
+    )
+    assert transform_fingerprint(joined.transforms) != transform_fingerprint(default_preprocessing().transforms)
+    # every call builds new objects (a config's pieces must not share state, e.g. random states)
+    for piece in (load_transforms, frame_transforms, window_transforms, finish_transforms):
+        first, second = piece(), piece()
+        assert not {id(t) for t in first} & {id(t) for t in second}
+    assert isinstance(finish_transforms()[-1], DeleteItemsd)
+
+
+@pytest.mark.parametrize("film", ["false", "true", 0, 1, None])
+def test_film_must_be_a_bool(film):
+    with pytest.raises(ValueError, match="film"):
+        default_preprocessing(film=film)
+    with pytest.raises(ValueError, match="film"):
+        frame_transforms(film=film)
+    with pytest.raises(ValueError, match="augment"):
+        window_transforms(augment="false")
+
+
 def test_default_preprocessing_end_to_end(synthetic_items):
     size = (704, 320)  # taller than both images: padding rules of CC and MLO
-    transform = default_preprocessing(image_size=size)
+    # what the user gets: model inputs without the breast mask
+    delivered = default_preprocessing(image_size=size)(dict(synthetic_items[0]))
+    assert "breast_mask" not in delivered and delivered["image"].shape == (1, *size)
+    transform = keep_breast_mask(default_preprocessing(image_size=size))
     outputs = [transform(dict(item)) for item in synthetic_items]
     for out in outputs:
         assert out["image"].shape == (1, *size) and out["image"].dtype == torch.float32
@@ -577,6 +623,7 @@ def test_cached_dataset_reads_its_cache_and_changes_key_with_parameters(syntheti
     # the cached entry keeps masks bool (compact); the float cast runs after the cache
     stored = torch.load(next(cache.glob("*.pt")), weights_only=True)
     assert stored["mask"].dtype == torch.bool and stored["image"].dtype == torch.float32
+    assert "breast_mask" not in stored and "breast_mask" not in second  # deleted before the cache
     # another window size -> another entry; the same parameters -> the same key
     make_cached_dataset(items, default_preprocessing(image_size=(512, 256)), cache)[0]
     assert len(list(cache.glob("*.pt"))) == 2

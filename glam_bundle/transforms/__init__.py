@@ -7,7 +7,8 @@
   scale, and the map from raw-image points into the model frame.
 - ``label``: image-level labels and stacked lesion masks (:class:`MakeLabeld`, :class:`StackMasksd`).
 - ``post``: transforms of the network output (:class:`SelectOutputsd`).
-- ``chain``: the whole preprocessing chain (:func:`default_preprocessing`) and its named pieces.
+- ``chain``: the preprocessing chain as four named pieces (:func:`load_transforms`, :func:`frame_transforms`,
+  :func:`window_transforms`, :func:`finish_transforms`) and joined (:func:`default_preprocessing`).
 - ``utils``: item-level helpers shared by the families.
 
 Conventions: images are channel-first ``(C, H, W)`` with row = height index; the model window is
@@ -27,7 +28,13 @@ from glam_bundle.transforms.breast.array import (
     otsu_threshold,
 )
 from glam_bundle.transforms.breast.dictionary import BreastMaskd
-from glam_bundle.transforms.chain import default_preprocessing
+from glam_bundle.transforms.chain import (
+    default_preprocessing,
+    finish_transforms,
+    frame_transforms,
+    load_transforms,
+    window_transforms,
+)
 from glam_bundle.transforms.label.dictionary import MakeLabeld, StackMasksd
 from glam_bundle.transforms.post.dictionary import SelectOutputsd
 from glam_bundle.transforms.spatial.array import best_center, crop_geometry, map_to_model_frame, window_geometry
@@ -58,6 +65,10 @@ __all__ = [
     "best_center",
     "window_geometry",
     "map_to_model_frame",
+    "load_transforms",
+    "frame_transforms",
+    "window_transforms",
+    "finish_transforms",
     "default_preprocessing",
     "transform_fingerprint",
     "allow_cached_meta",

@@ -1,4 +1,4 @@
-"""The GLAM preprocessing chain assembled from the transform families (for scripts and tests).
+"""The GLAM preprocessing chain, defined once as four named pieces that configs and scripts join.
 
 The chain reproduces the original GLAM/NYU pipeline (``glam_reference.md`` §5): breast mask (§5.1 steps 2-5),
 left-right orientation so that every breast faces right, crop to the breast bounding box with 50-px buffers
@@ -6,16 +6,29 @@ left-right orientation so that every breast faces right, crop to the breast boun
 standardisation. Scanned film (CBIS-DDSM, MIAS) gets a robust breast mask (Otsu threshold + the largest
 component at the chest-wall side), optional background suppression and an optional resampling step to
 the NYU pixel scale. Training adds the original crop-position / crop-size noise of the window.
+
+Order (``[...]`` only when asked for)::
+
+    load_transforms:   LoadImaged(image) -> LoadImaged(mask_benign, mask_malignant) -> MakeLabeld -> StackMasksd
+    frame_transforms:  [ResampleToSpacingd] -> BreastMaskd -> OrientBreastd -> CropBreastd
+    window_transforms: BestCenterWindowd -> [RandWindowNoised]
+    finish_transforms: NormalizeIntensityd -> EnsureTyped -> DeleteItemsd(breast_mask)
+
+:func:`default_preprocessing` is their concatenation in a ``Compose``; a config joins the same pieces, e.g.
+``"$@load_transforms + @frame_transforms + @window_transforms + @finish_transforms"``. Every call returns new
+transform objects. Lesion masks stay bool until the final ``EnsureTyped`` (cheaper geometry, 4x smaller cache
+entries, see :func:`glam_bundle.data.cache.make_cached_dataset`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
-from monai.transforms import Compose, EnsureTyped, LoadImaged, NormalizeIntensityd
+from monai.transforms import Compose, DeleteItemsd, EnsureTyped, LoadImaged, NormalizeIntensityd
 
-from glam_bundle.constants import CLASS_NAMES, MASK_FILE_KEYS, MODEL_FRAME_SIZE
+from glam_bundle.constants import CLASS_NAMES, IMAGE_KEY, MASK_FILE_KEYS, MODEL_FRAME_SIZE, PATCH_SIZE
 from glam_bundle.data.readers import MammogramReader
 from glam_bundle.transforms.breast.dictionary import BreastMaskd
 from glam_bundle.transforms.label.dictionary import MakeLabeld, StackMasksd
@@ -27,7 +40,114 @@ from glam_bundle.transforms.spatial.dictionary import (
     ResampleToSpacingd,
 )
 
-__all__ = ["default_preprocessing"]
+__all__ = ["load_transforms", "frame_transforms", "window_transforms", "finish_transforms", "default_preprocessing"]
+
+# The image and every mask that follows its geometry.
+_GEOMETRY_KEYS = (IMAGE_KEY, "mask", "breast_mask")
+
+
+def _require_bool(name: str, value) -> bool:
+    """``value`` as a bool; anything else (e.g. the string "false", which is truthy) is a ValueError."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be a bool (true/false), got {value!r} of type {type(value).__name__}.")
+    return bool(value)
+
+
+def load_transforms(
+    min_size: int | Sequence[int] = PATCH_SIZE, model_frame_size: Sequence[int] = MODEL_FRAME_SIZE
+) -> list:
+    """Read the files of a datalist item and build its targets.
+
+    In: a datalist item, ``"image"`` (path), optional ``"mask_benign"``/``"mask_malignant"`` (paths), optional
+    ``"benign"``/``"malignant"`` (0/1, unknown when missing/None/negative), optional ``"mask_frame"``
+    ("raw"/"model"), ``"view"``, ``"laterality"``, ``"horizontal_flip"``.
+
+    Out: ``"image"`` MetaTensor (1, H, W) float32 raw intensities; ``"label"`` (2,) float32 (-1 unknown);
+    ``"mask"`` (2, H, W) bool lesion masks ((2, *model_frame_size) when ``"mask_frame"`` is "model");
+    ``"has_mask"`` (2,) float32; ``"mask_frame"`` "raw"/"model". The class and mask-file keys are removed.
+
+    Args:
+        min_size: smallest accepted image (H, W) (the reader rejects smaller ones); lesion masks have none.
+        model_frame_size: size (H, W) of masks drawn in the model frame.
+    """
+    return [
+        LoadImaged(
+            keys=IMAGE_KEY, reader=MammogramReader(min_size=min_size), image_only=True, ensure_channel_first=True
+        ),
+        LoadImaged(
+            keys=MASK_FILE_KEYS,
+            reader=MammogramReader(allow_constant=True, min_size=0),
+            image_only=True,
+            ensure_channel_first=True,
+            allow_missing_keys=True,
+        ),
+        MakeLabeld(keys=CLASS_NAMES, label_key="label"),
+        StackMasksd(keys=MASK_FILE_KEYS, model_frame_size=model_frame_size, dtype=torch.bool),
+    ]
+
+
+def frame_transforms(film: bool = False, spacing: float | Sequence[float] | None = None) -> list:
+    """Find the breast, face it right and crop the image to it.
+
+    In: the output of :func:`load_transforms`. Out: ``"image"`` (1, h, w) and ``"mask"`` (2, h, w) cropped to
+    the breast bounding box with buffers (raw-frame masks only), ``"breast_mask"`` (1, h, w) bool, ``"view"`` and
+    ``"laterality"`` strings, and the geometry meta data (``"flipped"``, ``"crop_box"``, anchor points) in the
+    image meta.
+
+    Args:
+        film: scanned film: robust breast mask and background suppression (else the original rule). A bool.
+        spacing: source pixel spacing in mm; when given, images are first resampled to the NYU scale.
+    """
+    film = _require_bool("film", film)
+    transforms: list = []
+    if spacing is not None:
+        transforms.append(ResampleToSpacingd(keys=(IMAGE_KEY, "mask"), pixel_spacing=spacing))
+    return transforms + [
+        BreastMaskd(keys=IMAGE_KEY, method="film" if film else "original", suppress_background=film),
+        OrientBreastd(keys=_GEOMETRY_KEYS),
+        CropBreastd(keys=_GEOMETRY_KEYS),
+    ]
+
+
+def window_transforms(
+    image_size: Sequence[int] = MODEL_FRAME_SIZE,
+    augment: bool = False,
+    max_crop_noise: Sequence[int] = (100, 100),
+    max_crop_size_noise: int = 100,
+) -> list:
+    """Cut the best-centre window of ``image_size`` out of the cropped breast, with the training noise.
+
+    In: the output of :func:`frame_transforms`. Out: ``"image"`` (1, H, W), ``"mask"`` (2, H, W) and
+    ``"breast_mask"`` (1, H, W) with (H, W) = ``image_size`` (model-frame masks are left as they are), and the
+    window meta data (``"best_center"``, ``"window_pad"``, ``"window_box"``, with noise ``"noise_box"``).
+
+    Args:
+        image_size: model window (H, W).
+        augment: add the original crop-position/-size noise (training). A bool.
+        max_crop_noise, max_crop_size_noise: noise amplitudes used when ``augment``.
+    """
+    augment = _require_bool("augment", augment)
+    noise = {"max_crop_noise": tuple(max_crop_noise), "max_crop_size_noise": int(max_crop_size_noise)}
+    transforms: list = [BestCenterWindowd(keys=_GEOMETRY_KEYS, window_size=image_size, **(noise if augment else {}))]
+    if augment:
+        transforms.append(RandWindowNoised(keys=_GEOMETRY_KEYS, window_size=image_size, **noise))
+    return transforms
+
+
+def finish_transforms() -> list:
+    """Standardise the image, cast the model inputs to float32 and drop the breast mask.
+
+    In: the output of :func:`window_transforms`. Out: ``"image"`` MetaTensor (1, H, W) float32 standardised,
+    ``"label"`` (2,), ``"mask"`` (2, H, W), ``"has_mask"`` (2,) (all float32), without ``"breast_mask"``; the
+    other item keys (``"view"``, ``"laterality"``, ``"mask_frame"``, ...) pass through.
+    """
+    return [
+        # MONAI's NormalizeIntensity is the original (x - mean) / std with the population std (ddof 0);
+        # it differs only for std == 0 (divides by 1; the original by 1e-5), where both give 0.
+        NormalizeIntensityd(keys=IMAGE_KEY),
+        EnsureTyped(keys=(IMAGE_KEY, "label", "mask", "has_mask"), dtype=torch.float32),
+        DeleteItemsd(keys="breast_mask"),
+    ]
 
 
 def default_preprocessing(
@@ -37,51 +157,24 @@ def default_preprocessing(
     spacing: float | Sequence[float] | None = None,
     max_crop_noise: Sequence[int] = (100, 100),
     max_crop_size_noise: int = 100,
+    min_size: int | Sequence[int] = PATCH_SIZE,
 ) -> Compose:
-    """The whole GLAM preprocessing chain as a MONAI ``Compose`` (for scripts and tests).
+    """The whole GLAM preprocessing chain as a MONAI ``Compose``: the four pieces joined (see the module).
 
-    LoadImaged (MammogramReader) -> MakeLabeld -> StackMasksd -> [ResampleToSpacingd] -> BreastMaskd ->
-    OrientBreastd -> CropBreastd -> BestCenterWindowd -> [RandWindowNoised] -> NormalizeIntensityd ->
-    EnsureTyped. Output item: ``image`` MetaTensor (1, h, w) float32 standardised, ``label`` (2,),
-    ``mask`` (2, h, w), ``has_mask`` (2,) (all float32), ``breast_mask`` (1, h, w) bool, with (h, w) =
-    ``image_size``, plus ``view``, ``laterality``, ``mask_frame`` strings and the other item keys. Lesion
-    masks stay bool until the final EnsureTyped (cheaper geometry, 4x smaller cache entries).
+    In: a datalist item (see :func:`load_transforms`). Out: see :func:`finish_transforms`, with (H, W) =
+    ``image_size``.
 
     Args:
-        image_size: model window (H, W).
-        film: scanned film: robust breast mask and background suppression (else the original rule).
-        augment: add the original crop-position/-size noise (training).
+        image_size: model window (H, W); also the size of masks drawn in the model frame.
+        film: scanned film: robust breast mask and background suppression (else the original rule). A bool.
+        augment: add the original crop-position/-size noise (training). A bool.
         spacing: source pixel spacing in mm; when given, images are first resampled to the NYU scale.
         max_crop_noise, max_crop_size_noise: noise amplitudes used when ``augment``.
+        min_size: smallest accepted image (H, W).
     """
-    geometry_keys = ("image", "mask", "breast_mask")
-    noise = {"max_crop_noise": tuple(max_crop_noise), "max_crop_size_noise": int(max_crop_size_noise)}
-    transforms: list = [
-        LoadImaged(keys="image", reader=MammogramReader(), image_only=True, ensure_channel_first=True),
-        LoadImaged(
-            keys=MASK_FILE_KEYS,
-            reader=MammogramReader(allow_constant=True),
-            image_only=True,
-            ensure_channel_first=True,
-            allow_missing_keys=True,
-        ),
-        MakeLabeld(keys=CLASS_NAMES, label_key="label"),
-        StackMasksd(keys=MASK_FILE_KEYS, model_frame_size=image_size, dtype=torch.bool),
-    ]
-    if spacing is not None:
-        transforms.append(ResampleToSpacingd(keys=("image", "mask"), pixel_spacing=spacing))
-    transforms += [
-        BreastMaskd(keys="image", method="film" if film else "original", suppress_background=film),
-        OrientBreastd(keys=geometry_keys),
-        CropBreastd(keys=geometry_keys),
-        BestCenterWindowd(keys=geometry_keys, window_size=image_size, **(noise if augment else {})),
-    ]
-    if augment:
-        transforms.append(RandWindowNoised(keys=geometry_keys, window_size=image_size, **noise))
-    transforms += [
-        # MONAI's NormalizeIntensity is the original (x - mean) / std with the population std (ddof 0);
-        # it differs only for std == 0 (divides by 1; the original by 1e-5), where both give 0.
-        NormalizeIntensityd(keys="image"),
-        EnsureTyped(keys=("image", "label", "mask", "has_mask"), dtype=torch.float32),
-    ]
-    return Compose(transforms)
+    return Compose(
+        load_transforms(min_size, image_size)
+        + frame_transforms(film, spacing)
+        + window_transforms(image_size, augment, max_crop_noise, max_crop_size_noise)
+        + finish_transforms()
+    )
