@@ -2,7 +2,7 @@
 
 Makes ``--n`` synthetic 2944x1920 16-bit PNG mammograms (12-bit values, a breast-shaped phantom with zero
 background) in a temporary folder and times, per image, :func:`glam_bundle.transforms.default_preprocessing`
-through ``monai.data.Dataset`` (uncached), through :func:`glam_bundle.transforms.make_cached_dataset` on
+through ``monai.data.Dataset`` (uncached), through :func:`glam_bundle.data.cache.make_cached_dataset` on
 the first pass (computing and writing the cache) and on the second pass (reading it). Each phase runs in its
 own process so its peak resident memory (``resource.getrusage``) is its own. Writes ``data_benchmark.json``
 and ``data_benchmark.md`` into ``--output-dir`` (default ``docs/``), atomically.
@@ -62,7 +62,8 @@ def _phase(name: str, items: list[dict], cache_dir: str, queue) -> None:
     """Run one benchmark phase in this (child) process and put its figures on ``queue``."""
     from monai.data import Dataset
 
-    from glam_bundle.transforms import default_preprocessing, make_cached_dataset
+    from glam_bundle.data.cache import make_cached_dataset
+    from glam_bundle.transforms import default_preprocessing
 
     transform = default_preprocessing()
     if name == "uncached":
