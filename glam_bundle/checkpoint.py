@@ -1,8 +1,9 @@
-"""Conversion of checkpoints in the original GLAM layout (nyukat/GLAM ``model_sep.ckpt`` /
-``model_joint.ckpt``) to this bundle's GLAM state dict."""
+"""Checkpoint files: conversion of the original GLAM layout (nyukat/GLAM ``model_sep.ckpt`` /
+``model_joint.ckpt``) to this bundle's GLAM state dict, and the check that a checkpoint to load exists."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -74,3 +75,16 @@ def load_original_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(checkpoint, Mapping) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         raise ValueError(f"{path}: not a state dict of tensors")
     return dict(checkpoint)
+
+
+def require_checkpoint(path: str | os.PathLike) -> str:
+    """Return ``path`` as a string if it is a file; otherwise raise FileNotFoundError saying what to do.
+
+    Used as ``CheckpointLoader``'s ``load_path`` so that evaluation stops before any image is processed,
+    with a message that starts with the path instead of torch's bare "No such file or directory".
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path}: checkpoint not found; train first or pass the weights with --ckpt_path <file.pt>."
+        )
+    return str(path)

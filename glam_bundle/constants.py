@@ -18,6 +18,11 @@ __all__ = [
     "FILE_KEYS",
     "SPLITS",
     "FAILURES_KEY",
+    "PIL_SUFFIXES",
+    "DICOM_SUFFIXES",
+    "NIFTI_SUFFIXES",
+    "ITK_SUFFIXES",
+    "LISTED_IMAGE_SUFFIXES",
 ]
 
 # Image-level classes in channel order: label (N, 2), saliency maps (N, 2, H, W), masks (N, 2, H, W).
@@ -45,3 +50,13 @@ SPLITS: tuple[str, ...] = ("training", "validation", "test")
 
 # Batch key under which the bundle's collate function lists the cases that failed to load.
 FAILURES_KEY = "failures"
+
+# File suffixes of each reader backend (glam_bundle.data.readers) and those a folder listing picks up.
+PIL_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".pgm", ".ppm", ".bmp")
+DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom")
+NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
+ITK_SUFFIXES: tuple[str, ...] = (".mha", ".mhd", ".nrrd", ".nhdr")
+# Folder listings have never picked up colour PPM/BMP or NRRD detached headers.
+LISTED_IMAGE_SUFFIXES: tuple[str, ...] = tuple(
+    s for s in PIL_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES + ITK_SUFFIXES if s not in (".ppm", ".bmp", ".nhdr")
+)

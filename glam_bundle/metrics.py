@@ -31,8 +31,9 @@ from monai.metrics import CumulativeIterationMetric, ROCAUCMetric
 from monai.metrics.rocauc import compute_roc_auc
 from monai.utils import convert_to_tensor
 
+from glam_bundle.constants import CLASS_NAMES
+
 __all__ = [
-    "CLASS_NAMES",
     "INTERPOLATION_MODES",
     "DEFAULT_PRECISION_BITS",
     "DEFAULT_MIN_EXPONENT",
@@ -50,7 +51,6 @@ __all__ = [
     "PerClassROCAUCMetric",
 ]
 
-CLASS_NAMES: tuple[str, ...] = ("benign", "malignant")
 
 # Modes whose output is a convex combination of input values, so a map in [0, 1] stays in [0, 1].
 INTERPOLATION_MODES: tuple[str, ...] = ("nearest", "bilinear", "area")

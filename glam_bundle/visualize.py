@@ -15,8 +15,8 @@ from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from glam_bundle.atomic_io import atomic_output  # noqa: E402
+from glam_bundle.constants import CLASS_NAMES  # noqa: E402
 
-CLASS_NAMES = ("benign", "malignant")
 CLASS_COLOURS = ("#2ca02c", "#d62728")
 
 

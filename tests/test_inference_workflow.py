@@ -42,7 +42,7 @@ def test_synthetic_images_with_bad_cases(tmp_path):
     items += [{"image": "bad/truncated.png"}, {"image": "bad/rgb.png"}, {"image": "bad/missing.png"}]
     (tmp_path / "data" / "all.json").write_text(json.dumps({"test": items}))
     out = tmp_path / "out"
-    run_workflow(dataset_dir=str(tmp_path / "data" / "all.json"), output_dir=str(out), **SMALL_NETWORK_OVERRIDES)
+    run_workflow(dataset_dir=str(tmp_path / "data"), datalist=str(tmp_path / "data" / "all.json"), output_dir=str(out), **SMALL_NETWORK_OVERRIDES)
 
     rows = read_csv(out / "predictions.csv")
     assert [r["image"].split("/")[-1] for r in rows] == [i["image"].split("/")[-1] for i in items[:4]]

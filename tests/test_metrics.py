@@ -14,6 +14,7 @@ from monai.engines import SupervisedEvaluator
 from monai.handlers import MetricsSaver, from_engine
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
+from glam_bundle.constants import CLASS_NAMES
 from glam_bundle.handlers import DatasetLevelPxAP, ImageLevelPxAP, PerClassROCAUC, SoftDice
 from glam_bundle.metrics import (
     DatasetLevelPxAPMetric,
@@ -27,7 +28,7 @@ from glam_bundle.metrics import (
     resize_to_mask,
 )
 
-CLASSES = ("benign", "malignant")
+
 
 
 def random_masks(rng: np.random.Generator, batch: int, height: int, width: int) -> np.ndarray:
@@ -100,7 +101,7 @@ def test_soft_dice_matches_numpy_formula_with_edge_cases():
     assert per_image[2, 1] == pytest.approx(2 * foreground / (96 * 64 + foreground), rel=1e-9)
 
     summary = metric.aggregate()
-    assert set(summary) == {f"{c}_{k}" for c in CLASSES for k in ("mean", "std", "count")}
+    assert set(summary) == {f"{c}_{k}" for c in CLASS_NAMES for k in ("mean", "std", "count")}
     assert all(type(v) is float for v in summary.values())
     assert summary["benign_count"] == 3.0 and summary["malignant_count"] == 4.0
     assert summary["benign_mean"] == pytest.approx(np.mean(expected[:3, 0]), rel=1e-6)
@@ -229,12 +230,12 @@ def test_dataset_pxap_with_default_bins_within_1e3_of_sklearn(kind):
         all_masks.append(masks)
     maps, masks = np.concatenate(all_maps), np.concatenate(all_masks)
     result = metric.aggregate()
-    for c, name in enumerate(CLASSES):
+    for c, name in enumerate(CLASS_NAMES):
         counted = masks[:, c].reshape(len(masks), -1).any(axis=1)
         expected = sklearn_ap(masks[counted, c], maps[counted, c])
         assert abs(result[name] - expected) < 1e-3, (name, result[name], expected)
     curves = metric.curve_points()
-    assert set(curves) == set(CLASSES)
+    assert set(curves) == set(CLASS_NAMES)
 
 
 def test_dataset_pxap_memory_is_flat_from_10_to_1000_maps():

@@ -17,7 +17,6 @@ public datasets' annotations is in :mod:`glam_bundle.data.builders`.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -25,13 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from glam_bundle.atomic_io import write_text_atomic
-from glam_bundle.constants import CLASS_NAMES, FILE_KEYS, LATERALITIES, MASK_FILE_KEYS, SPLITS, VIEWS
+from glam_bundle.constants import (
+    CLASS_NAMES, FILE_KEYS, LATERALITIES, LISTED_IMAGE_SUFFIXES, MASK_FILE_KEYS, SPLITS, VIEWS,
+)
 from glam_bundle.data.errors import BadInputError
 
 __all__ = [
-    "IMAGE_SUFFIXES",
     "load_datalist",
     "datalist_from_folder",
+    "load_inference_data",
     "write_datalist",
 ]
 
@@ -40,26 +41,6 @@ _SPLIT_ALIASES = {
     "validation": "validation", "valid": "validation", "val": "validation",
     "test": "test", "testing": "test",
 }
-# Suffixes the readers accept but folder listings have never picked up (colour PPM/BMP, NRRD detached headers).
-_NOT_LISTED_SUFFIXES = (".ppm", ".bmp", ".nhdr")
-
-
-@functools.cache
-def _image_suffixes() -> tuple[str, ...]:
-    # Deferred: the readers import MONAI (seconds), which reading or writing a datalist does not need.
-    from glam_bundle.data.readers import DICOM_SUFFIXES, ITK_SUFFIXES, NIFTI_SUFFIXES, PIL_SUFFIXES
-
-    suffixes = PIL_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES + ITK_SUFFIXES
-    return tuple(s for s in suffixes if s not in _NOT_LISTED_SUFFIXES)
-
-
-def __getattr__(name: str) -> Any:
-    """``IMAGE_SUFFIXES``: the image suffixes :func:`datalist_from_folder` lists, from the readers' lists."""
-    if name == "IMAGE_SUFFIXES":
-        return _image_suffixes()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def _check_item(item: Any, where: str, json_path: Path) -> None:
     """Raise BadInputError when an item does not follow the datalist format."""
     if not isinstance(item, dict):
@@ -136,7 +117,7 @@ def load_datalist(path: str | os.PathLike, split: str | None = None) -> list[dic
 
 def _is_image_file(path: Path) -> bool:
     name = path.name.lower()
-    return path.is_file() and not name.startswith(".") and name.endswith(_image_suffixes())
+    return path.is_file() and not name.startswith(".") and name.endswith(LISTED_IMAGE_SUFFIXES)
 
 
 def datalist_from_folder(folder: str | os.PathLike, recursive: bool = False) -> list[dict]:
@@ -150,7 +131,7 @@ def datalist_from_folder(folder: str | os.PathLike, recursive: bool = False) -> 
         Items sorted by path relative to ``folder`` (deterministic on every file system).
 
     Raises:
-        BadInputError: the folder does not exist or holds no image file (suffixes: ``IMAGE_SUFFIXES``).
+        BadInputError: the folder does not exist or holds no image file (suffixes: ``LISTED_IMAGE_SUFFIXES``).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -158,8 +139,24 @@ def datalist_from_folder(folder: str | os.PathLike, recursive: bool = False) -> 
     candidates = folder.rglob("*") if recursive else folder.iterdir()
     paths = sorted((p for p in candidates if _is_image_file(p)), key=lambda p: p.relative_to(folder).as_posix())
     if not paths:
-        raise BadInputError(folder, f"no image files ({', '.join(_image_suffixes())})")
+        raise BadInputError(folder, f"no image files ({', '.join(LISTED_IMAGE_SUFFIXES)})")
     return [{"image": str(p.absolute())} for p in paths]
+
+
+def load_inference_data(
+    dataset_dir: str | os.PathLike, datalist: str | os.PathLike | None = None, split: str | None = None
+) -> list[dict]:
+    """Items to run inference on: those of the ``datalist`` JSON (one split, or all splits when ``split`` is
+    None) or, without a datalist, every image file in the folder ``dataset_dir``.
+
+    Raises:
+        BadInputError: ``dataset_dir`` is a file (a datalist goes in ``datalist``), or a folder with no image.
+    """
+    if datalist:
+        return load_datalist(datalist, split)
+    if os.path.isfile(dataset_dir):
+        raise BadInputError(dataset_dir, "dataset_dir must be a folder of images; give a datalist JSON as --datalist")
+    return datalist_from_folder(dataset_dir)
 
 
 def _relative_to(folder: str, value: str) -> str:

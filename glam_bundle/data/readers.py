@@ -48,22 +48,15 @@ from pydicom import dcmread
 from pydicom.misc import is_dicom
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+from glam_bundle.constants import DICOM_SUFFIXES, ITK_SUFFIXES, NIFTI_SUFFIXES, PIL_SUFFIXES
 from glam_bundle.data.errors import BadInputError
 
 __all__ = [
     "MammogramDicomReader",
     "MammogramReader",
     "check_image_array",
-    "PIL_SUFFIXES",
-    "DICOM_SUFFIXES",
-    "NIFTI_SUFFIXES",
-    "ITK_SUFFIXES",
 ]
 
-PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".pgm", ".ppm", ".bmp")
-DICOM_SUFFIXES = (".dcm", ".dicom")
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
 
 # DICOM tags kept in the pruned metadata: MONAI's geometry tags plus ImagerPixelSpacing, which
 # projection radiographs (MG) carry instead of PixelSpacing.

@@ -1,6 +1,4 @@
-"""Ignite handlers of the GLAM bundle.
-
-``FailureReporter`` writes the cases a workflow skipped (unreadable or corrupt images) to a CSV file.
+"""Metric handlers of the GLAM bundle (Dice, image- and dataset-level PxAP, per-class AUC).
 
 Metric handlers wrap the metrics of :mod:`glam_bundle.metrics` for ``key_val_metric`` /
 ``additional_metrics`` of MONAI evaluators, e.g. in a config::
@@ -18,19 +16,16 @@ The per-image handlers can also save the per-image values (N, C) (NaN: image not
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ignite.engine import Engine, Events
 from monai.handlers import IgniteMetricHandler
 from monai.metrics import CumulativeIterationMetric
 
+from glam_bundle.constants import CLASS_NAMES
 from glam_bundle.metrics import (
-    CLASS_NAMES,
     DEFAULT_MIN_EXPONENT,
     DEFAULT_PRECISION_BITS,
     DatasetLevelPxAPMetric,
@@ -39,41 +34,7 @@ from glam_bundle.metrics import (
     SoftDiceMetric,
 )
 
-__all__ = [
-    "FailureReporter",
-    "PerClassMetricHandler",
-    "SoftDice",
-    "ImageLevelPxAP",
-    "DatasetLevelPxAP",
-    "PerClassROCAUC",
-]
-
-logger = logging.getLogger(__name__)
-
-
-class FailureReporter:
-    """Write the cases an engine skipped (``engine.state.failures``, filled by the bundle's engines, see
-    ``glam_bundle.engines.SkipFailedCasesMixin``) to a CSV file (columns image, error) at the end of every
-    epoch and of the run, atomically, and log how many there were.
-
-    Args:
-        output_file: the CSV file, e.g. ``<output_dir>/train_failures.csv``.
-    """
-
-    def __init__(self, output_file: str | Path) -> None:
-        self.output_file = Path(output_file)
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
-        engine.add_event_handler(Events.COMPLETED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        from glam_bundle.data.robust import write_failures_csv  # deferred: the data package imports readers
-
-        failures = list(getattr(engine.state, "failures", []))
-        write_failures_csv(failures, self.output_file)
-        if failures:
-            logger.warning("%d case(s) skipped so far, listed in %s", len(failures), self.output_file)
+__all__ = ["PerClassMetricHandler", "SoftDice", "ImageLevelPxAP", "DatasetLevelPxAP", "PerClassROCAUC"]
 
 
 def _identity(output: Any) -> Any:

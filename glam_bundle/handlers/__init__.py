@@ -1,0 +1,30 @@
+"""Ignite handlers of the GLAM bundle, one job per module (as ``monai.handlers``).
+
+- ``failure_reporter``: :class:`FailureReporter`, the skipped cases to CSV.
+- ``metric_handlers``: Dice, image- and dataset-level PxAP and per-class AUC for MONAI evaluators.
+- ``evaluation_report``: :class:`EvaluationReport`, metrics.json, the Table-1 markdown and PR curves.
+- ``inference_writer``: :class:`GLAMInferenceWriter`, predictions.csv, saliency NIfTI and figures.
+"""
+
+from glam_bundle.handlers.evaluation_report import EvaluationReport
+from glam_bundle.handlers.failure_reporter import FailureReporter
+from glam_bundle.handlers.inference_writer import PREDICTION_COLUMNS, GLAMInferenceWriter
+from glam_bundle.handlers.metric_handlers import (
+    DatasetLevelPxAP,
+    ImageLevelPxAP,
+    PerClassMetricHandler,
+    PerClassROCAUC,
+    SoftDice,
+)
+
+__all__ = [
+    "FailureReporter",
+    "PerClassMetricHandler",
+    "SoftDice",
+    "ImageLevelPxAP",
+    "DatasetLevelPxAP",
+    "PerClassROCAUC",
+    "EvaluationReport",
+    "GLAMInferenceWriter",
+    "PREDICTION_COLUMNS",
+]

@@ -1,0 +1,158 @@
+"""Handler writing the outputs of GLAM inference: predictions.csv, NIfTI saliency maps, figures, failures.csv."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+from glam_bundle.atomic_io import atomic_output
+from glam_bundle.data.failures import write_failures_csv
+from glam_bundle.visualize import save_glam_figure
+
+__all__ = ["PREDICTION_COLUMNS", "GLAMInferenceWriter"]
+
+logger = logging.getLogger(__name__)
+
+PREDICTION_COLUMNS = ("image", "benign_pred", "malignant_pred", "benign_label", "malignant_label", "patch_locations")
+
+
+def _image_paths(batch: Mapping[str, Any], size: int) -> list[str]:
+    meta = getattr(batch.get("image"), "meta", {}) or {}
+    names = meta.get("filename_or_obj", [""] * size)
+    return [str(names)] if isinstance(names, str) else [str(n) for n in names]
+
+
+def _label_text(value: float) -> str:
+    return "" if value < 0 else str(int(round(value)))
+
+
+class GLAMInferenceWriter:
+    """Ignite handler writing the outputs of GLAM inference into ``output_dir``.
+
+    Per image: ``<stem>_saliency.nii.gz`` (float32 array 2×H×W: benign, malignant; identity affine) and
+    ``<stem>_figure.png`` (input with ground truth, selected patches, saliency overlays). For the run:
+    ``predictions.csv`` (image, benign_pred, malignant_pred, labels when known, patch corners) and
+    ``failures.csv`` (image, error) with the cases that could not be read or written. All files appear
+    atomically; while the run goes on, rows are appended (and flushed) to ``predictions.csv.partial``, so a
+    killed run keeps every finished prediction.
+
+    Expects the engine's ``state.output`` to hold "pred" (the network's dict, batched) and "label"
+    (N, 2) with -1 for unknown, and ``state.batch`` to hold "image" (a MetaTensor with filenames) and,
+    when available, "mask" (N, 2, H, W) and "has_mask" (N, 2).
+
+    Args:
+        output_dir: destination folder.
+        write_saliency: write the NIfTI maps.
+        write_figures: write the PNG figures.
+        crop_size: patch size drawn on the figures.
+        prediction_key: entry of the network output used for benign_pred / malignant_pred.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        write_saliency: bool = True,
+        write_figures: bool = True,
+        crop_size: Sequence[int] = (512, 512),
+        prediction_key: str = "y_global",
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.write_saliency = write_saliency
+        self.write_figures = write_figures
+        self.crop_size = tuple(crop_size)
+        self.prediction_key = prediction_key
+        self.num_written = 0
+        self.write_failures: list[dict[str, str]] = []
+        self._stems: set[str] = set()
+        self._partial: Any = None  # open handle of predictions.csv.partial during a run
+        self._writer: Any = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.write_iteration)
+        engine.add_event_handler(Events.COMPLETED, self.write_failures_file)
+
+    @property
+    def _partial_path(self) -> Path:
+        return self.output_dir / "predictions.csv.partial"
+
+    def reset(self, engine: Engine) -> None:
+        self.num_written, self.write_failures, self._stems = 0, [], set()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if self._partial is not None:
+            self._partial.close()
+        self._partial = open(self._partial_path, "w", newline="", encoding="utf-8")
+        self._writer = csv.DictWriter(self._partial, fieldnames=list(PREDICTION_COLUMNS))
+        self._writer.writeheader()
+
+    def _unique_stem(self, image_path: str) -> str:
+        name = Path(image_path).name
+        stem = name[: -len("".join(Path(name).suffixes))] if Path(name).suffixes else name
+        stem, candidate, counter = stem or "image", stem or "image", 1
+        while candidate in self._stems:
+            counter += 1
+            candidate = f"{stem}_{counter}"
+        self._stems.add(candidate)
+        return candidate
+
+    def write_iteration(self, engine: Engine) -> None:
+        output = engine.state.output
+        if not output:  # every case of the batch failed to load
+            return
+        pred = output["pred"]
+        batch = engine.state.batch
+        predictions = pred[self.prediction_key].detach().float().cpu().numpy()
+        labels = output.get("label")
+        labels = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.full_like(predictions, -1)
+        paths = _image_paths(batch, len(predictions))
+        for i, path in enumerate(paths):
+            try:
+                self._write_case(i, path, pred, batch, predictions[i], labels[i])
+            except Exception as error:  # keep the batch job going; report the case
+                logger.exception("could not write outputs for %s", path)
+                self.write_failures.append({"image": path, "error": f"writing outputs failed: {error}"})
+        self._partial.flush()
+
+    def _write_case(self, i: int, path: str, pred: Mapping, batch: Mapping, prediction: np.ndarray, label: np.ndarray) -> None:
+        stem = self._unique_stem(path)
+        locations = pred["patch_locations"][i].detach().cpu().numpy()
+        if self.write_saliency or self.write_figures:
+            saliency = pred["saliency"][i].detach().float().cpu().numpy()
+        if self.write_saliency:
+            with atomic_output(self.output_dir / f"{stem}_saliency.nii.gz") as tmp:
+                nib.save(nib.Nifti1Image(saliency.astype(np.float32), np.eye(4)), tmp)
+        if self.write_figures:
+            mask = None
+            if "mask" in batch and "has_mask" in batch and bool(batch["has_mask"][i].any()):
+                mask = batch["mask"][i].detach().cpu().numpy()
+            image = batch["image"][i, 0].detach().float().cpu().numpy()
+            save_glam_figure(self.output_dir / f"{stem}_figure.png", image, saliency, locations, self.crop_size,
+                             mask=mask, title=Path(path).name, predictions=prediction.tolist())
+        self.num_written += 1
+        self._writer.writerow({
+            "image": path,
+            "benign_pred": f"{prediction[0]:.6f}",
+            "malignant_pred": f"{prediction[1]:.6f}",
+            "benign_label": _label_text(float(label[0])),
+            "malignant_label": _label_text(float(label[1])),
+            "patch_locations": ";".join(f"{int(r)} {int(c)}" for r, c in locations.reshape(-1, 2)),
+        })
+
+    def write_failures_file(self, engine: Engine) -> None:
+        failures = [*getattr(engine.state, "failures", []), *self.write_failures]
+        write_failures_csv(failures, self.output_dir / "failures.csv")
+        self._partial.close()
+        self._partial = None
+        os.replace(self._partial_path, self.output_dir / "predictions.csv")
+        logger.info("inference: %d images written, %d failures, outputs in %s", self.num_written, len(failures),
+                    self.output_dir)
+
