@@ -22,6 +22,6 @@ $PY -m monai.bundle run --config_file "['configs/train_global.json','configs/eva
 
 echo "== 4/4 inference on the test split (outputs/inference)"
 $PY -m monai.bundle run --config_file configs/inference.json --ckpt_path models/model_global.pt \
-    --dataset_dir outputs/synthetic/datalist.json --datalist_split test
+    --datalist outputs/synthetic/datalist.json --datalist_split test
 
 echo "done: see outputs/evaluate and outputs/inference"
