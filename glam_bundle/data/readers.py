@@ -1,6 +1,7 @@
 """Mammogram readers for MONAI's ``LoadImage`` / ``LoadImaged``, in (H, W) order with input validation.
 
-Two readers:
+Two readers (the DICOM one in :mod:`glam_bundle.data.dicom_reader`, the shared checks in
+:mod:`glam_bundle.data.image_checks`; both re-exported here):
 
 - :class:`MammogramDicomReader`: a :class:`monai.data.PydicomReader` that returns what a radiologist sees:
   stored values through the modality LUT (rescale slope/intercept) and, optionally, the VOI LUT or window,
@@ -33,23 +34,29 @@ therefore never raise from ``read`` for a bad file: ``read`` records the :class:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from monai.config import PathLike
-from monai.data import ITKReader, NibabelReader, PILReader, PydicomReader
+from monai.data import ITKReader, NibabelReader, PILReader
 from monai.data.image_reader import ImageReader
 from monai.data.utils import affine_to_spacing
-from monai.utils import MetaKeys, SpaceKeys, TraceKeys, ensure_tuple
-from pydicom import dcmread
-from pydicom.misc import is_dicom
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
 from glam_bundle.constants import DICOM_SUFFIXES, ITK_SUFFIXES, NIFTI_SUFFIXES, PIL_SUFFIXES
+from glam_bundle.data.dicom_reader import MammogramDicomReader
 from glam_bundle.data.errors import BadInputError
+from glam_bundle.data.image_checks import (
+    DeferredError,
+    backend_for,
+    check_file,
+    check_image_array,
+    format_exception,
+    format_name,
+    missing_meta,
+    normalise_min_size,
+)
 
 __all__ = [
     "MammogramDicomReader",
@@ -58,18 +65,6 @@ __all__ = [
 ]
 
 
-# DICOM tags kept in the pruned metadata: MONAI's geometry tags plus ImagerPixelSpacing, which
-# projection radiographs (MG) carry instead of PixelSpacing.
-_IMAGER_PIXEL_SPACING = "00181164"
-_PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-_CHANNEL_NAMES = {2: "gray+alpha image", 3: "RGB image", 4: "RGBA image"}
-
-
-@dataclass
-class _DeferredError:
-    """Stands in for an image object when reading failed; ``get_data`` raises ``error``."""
-
-    error: BadInputError
 
 
 @dataclass
@@ -79,260 +74,6 @@ class _DecodedImage:
     path: str
     array: np.ndarray
     meta: dict = field(default_factory=dict)
-
-
-def _missing(value: Any) -> Any:
-    """Metadata placeholder for an absent value (collatable, unlike ``None``)."""
-    return str(TraceKeys.NONE) if value is None else value
-
-
-def _check_file(path: str) -> None:
-    """Raise BadInputError for a path that is not a readable file."""
-    if not os.path.exists(path):
-        raise BadInputError(path, "file not found")
-    if os.path.isdir(path):
-        raise BadInputError(path, "is a directory; expected an image file")
-
-
-def _format_exception(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _normalise_min_size(min_size: int | Sequence[int] | None) -> tuple[int, int]:
-    if not min_size:
-        return 0, 0
-    if isinstance(min_size, (int, np.integer)):
-        return int(min_size), int(min_size)
-    sizes = tuple(int(s) for s in min_size)
-    if len(sizes) != 2:
-        raise ValueError(f"min_size must be an int or (height, width), got {min_size!r}.")
-    return sizes
-
-
-def check_image_array(
-    array: np.ndarray,
-    path: PathLike,
-    min_size: int | Sequence[int] | None = (512, 512),
-    allow_constant: bool = False,
-) -> np.ndarray:
-    """Check that ``array`` is a usable single-channel image and return it as float32 (H, W).
-
-    Args:
-        array: decoded pixel array, expected (H, W).
-        path: the file it came from (named in the error).
-        min_size: smallest accepted (H, W); an int means a square; 0 or None disables the check.
-        allow_constant: accept an image whose pixels all have one value (e.g. an empty lesion mask).
-
-    Raises:
-        BadInputError: multi-channel or non-2-D array, too small, NaN/inf values, or constant image.
-    """
-    if array.ndim == 3 and array.shape[-1] in _CHANNEL_NAMES:
-        channels = array.shape[-1]
-        raise BadInputError(
-            path, f"{_CHANNEL_NAMES[channels]} ({channels} channels); expected one grayscale channel"
-        )
-    if array.ndim != 2:
-        raise BadInputError(path, f"expected a 2-D grayscale image, got an array of shape {tuple(array.shape)}")
-    height, width = array.shape
-    min_height, min_width = _normalise_min_size(min_size)
-    if height < min_height or width < min_width:
-        raise BadInputError(
-            path,
-            f"image is {height}x{width} (HxW), smaller than the {min_height}x{min_width} minimum (one patch)",
-        )
-    array = np.asarray(array, dtype=np.float32)
-    finite = np.isfinite(array)
-    if not finite.all():
-        n_nan = int(np.isnan(array).sum())
-        raise BadInputError(path, f"non-finite values ({n_nan} NaN, {array.size - int(finite.sum()) - n_nan} inf)")
-    if not allow_constant:
-        low, high = float(array.min()), float(array.max())
-        if low == high:
-            raise BadInputError(path, "all-zero image" if low == 0 else f"constant image (every pixel is {low:g})")
-    return array
-
-
-class MammogramDicomReader(PydicomReader):
-    """PydicomReader for single-frame mammography DICOM, returning display values in (H, W) order.
-
-    Pixel values go through pydicom's modality LUT (RescaleSlope/RescaleIntercept or a Modality LUT
-    Sequence) and, with ``apply_voi=True``, the VOI LUT or the first window centre/width when the file has
-    one. MONOCHROME1 images are inverted within the value range reachable by the stored bits (mapped by the
-    same LUTs), so that dense tissue is bright. Output is float32. Compressed transfer syntaxes pydicom
-    decodes natively (RLE Lossless among them) need no extra package.
-
-    Metadata added: ``"laterality"`` from ImageLaterality (0020,0062), else Laterality (0020,0060);
-    ``"view"`` from ViewPosition (0018,5101), e.g. ``"CC"`` or ``"MLO"``; each ``"none"`` when absent.
-    Mammograms are projection images without ImageOrientationPatient/ImagePositionPatient; their affine is
-    then diag(row spacing, column spacing, 1, 1) from PixelSpacing or ImagerPixelSpacing (1 when absent).
-
-    DICOM-level problems (missing file, not a DICOM, no pixel data, undecodable pixel data, multi-frame)
-    raise :class:`BadInputError` from ``get_data``. Content checks (size, constant, NaN) are done by
-    :class:`MammogramReader`.
-
-    Args:
-        apply_voi: apply the VOI LUT / windowing stored in the file.
-        channel_dim, affine_lps_to_ras, prune_metadata, kwargs: as for :class:`monai.data.PydicomReader`;
-            ``swap_ij`` is always ``False`` (rows first).
-    """
-
-    def __init__(
-        self,
-        apply_voi: bool = True,
-        channel_dim: str | int | None = None,
-        affine_lps_to_ras: bool = True,
-        prune_metadata: bool = True,
-        **kwargs,
-    ):
-        super().__init__(
-            channel_dim=channel_dim,
-            affine_lps_to_ras=affine_lps_to_ras,
-            swap_ij=False,
-            prune_metadata=prune_metadata,
-            **kwargs,
-        )
-        self.apply_voi = apply_voi
-
-    def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
-        """True for ``.dcm``/``.dicom`` files and for files carrying the DICM magic bytes."""
-        return all(_is_dicom_file(f"{name}") for name in ensure_tuple(filename))
-
-    def read(self, data: Sequence[PathLike] | PathLike, **kwargs):
-        """Read one DICOM file per path (no series folders); failures are deferred to ``get_data``.
-
-        Returns:
-            a pydicom Dataset (or a stand-in holding the error), or a list of them for several paths.
-        """
-        filenames = [f"{name}" for name in ensure_tuple(data)]
-        kwargs_ = {**self.kwargs, **kwargs}
-        datasets: list = []
-        for name in filenames:
-            try:
-                _check_file(name)
-                datasets.append(dcmread(name, **kwargs_))
-            except BadInputError as error:
-                datasets.append(_DeferredError(error))
-            except Exception as exc:  # pydicom raises InvalidDicomError, EOFError, struct/KeyError... on bad files
-                problem = f"corrupt or non-DICOM file ({_format_exception(exc)})"
-                datasets.append(_DeferredError(BadInputError(name, problem)))
-        self.filenames = filenames
-        self.has_series = False
-        return datasets if len(filenames) > 1 else datasets[0]
-
-    def get_data(self, data) -> tuple[np.ndarray, dict]:
-        """Return the float32 (H, W) display-value array and metadata; raise BadInputError for a bad file."""
-        for item in ensure_tuple(data):
-            if isinstance(item, _DeferredError):
-                raise item.error
-        return super().get_data(data)
-
-    def _get_meta_dict(self, img) -> dict:
-        metadata = super()._get_meta_dict(img)
-        imager_pixel_spacing = img.get("ImagerPixelSpacing")
-        if self.prune_metadata and imager_pixel_spacing is not None:
-            metadata[_IMAGER_PIXEL_SPACING] = {"vr": "DS", "Value": [float(v) for v in imager_pixel_spacing]}
-        metadata["laterality"] = _missing(_dicom_laterality(img))
-        metadata["view"] = _missing(_dicom_text(img, "ViewPosition"))
-        return metadata
-
-    def _get_affine(self, metadata: dict, lps_to_ras: bool = True) -> np.ndarray:
-        if "00200037" in metadata and "00200032" in metadata:
-            return super()._get_affine(metadata, lps_to_ras)
-        # Projection radiograph: no patient-space geometry, only the pixel pitch (no warning needed).
-        affine = np.eye(4)
-        for tag in ("00280030", _IMAGER_PIXEL_SPACING):
-            values = metadata.get(tag, {}).get("Value")
-            if values and len(values) >= 2 and np.isfinite(np.asarray(values[:2], dtype=float)).all():
-                affine[0, 0], affine[1, 1] = float(values[0]), float(values[1])
-                break
-        return affine
-
-    def _get_array_data(self, img, filename) -> np.ndarray:
-        frames = int(getattr(img, "NumberOfFrames", 1) or 1)
-        if frames > 1:
-            raise BadInputError(filename, f"multi-frame DICOM ({frames} frames); expected one 2-D image")
-        if not any(keyword in img for keyword in _PIXEL_DATA_KEYWORDS):
-            raise BadInputError(filename, "DICOM has no pixel data")
-        try:
-            stored = img.pixel_array
-        except Exception as exc:  # truncated or undecodable pixel data: pydicom raises various types
-            raise BadInputError(filename, f"cannot decode DICOM pixel data ({_format_exception(exc)})") from exc
-        values = self._to_display(stored, img)
-        if str(getattr(img, "PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1":
-            low, high = self._display_range(img)
-            values = (low + high) - values
-        return np.asarray(values, dtype=np.float32)
-
-    def _to_display(self, values: np.ndarray, img) -> np.ndarray:
-        """Stored values -> modality values -> (optionally) VOI values."""
-        values = apply_modality_lut(values, img)
-        if self.apply_voi:
-            values = apply_voi_lut(values, img)  # unchanged when the file has no VOI LUT or window
-        return np.asarray(values, dtype=np.float64)
-
-    def _display_range(self, img) -> tuple[float, float]:
-        """Lowest and highest display values reachable from the stored bit range."""
-        bits = int(getattr(img, "BitsStored", 16) or 16)
-        signed = int(getattr(img, "PixelRepresentation", 0) or 0) == 1
-        lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-        ends = self._to_display(np.array([lo, hi], dtype=np.int64 if signed else np.uint64), img)
-        return float(ends.min()), float(ends.max())
-
-
-def _dicom_text(ds, keyword: str) -> str | None:
-    value = ds.get(keyword)
-    text = str(value).strip().upper() if value is not None else ""
-    return text or None
-
-
-def _dicom_laterality(ds) -> str | None:
-    return _dicom_text(ds, "ImageLaterality") or _dicom_text(ds, "Laterality")
-
-
-def _lower_name(path: str) -> str:
-    return os.path.basename(path).lower()
-
-
-def _is_dicom_file(path: str) -> bool:
-    name = _lower_name(path)
-    if name.endswith(DICOM_SUFFIXES):
-        return True
-    if _backend_by_suffix(path) is not None:
-        return False
-    try:
-        return os.path.isfile(path) and is_dicom(path)  # "DICM" magic after the 128-byte preamble
-    except OSError:
-        return False
-
-
-def _backend_by_suffix(path: str) -> str | None:
-    name = _lower_name(path)
-    for backend, suffixes in (
-        ("pil", PIL_SUFFIXES),
-        ("dicom", DICOM_SUFFIXES),
-        ("nifti", NIFTI_SUFFIXES),
-        ("itk", ITK_SUFFIXES),
-    ):
-        if name.endswith(suffixes):
-            return backend
-    return None
-
-
-def _backend_for(path: str) -> str | None:
-    """Backend name for a path: by suffix, else ``"dicom"`` for DICM-magic files, else None."""
-    backend = _backend_by_suffix(path)
-    if backend is None and _is_dicom_file(path):
-        return "dicom"
-    return backend
-
-
-def _format_name(path: str) -> str:
-    """Short human name of the file type for messages, e.g. ``"PNG"``."""
-    name = _lower_name(path)
-    if name.endswith(".nii.gz"):
-        return "NIfTI"
-    suffix = os.path.splitext(name)[1].lstrip(".").upper()
-    return {"JPG": "JPEG", "TIF": "TIFF", "NII": "NIfTI", "DCM": "DICOM", "": "DICOM"}.get(suffix, suffix)
 
 
 def _pil_to_array_mode(image):
@@ -409,14 +150,14 @@ class MammogramReader(ImageReader):
         apply_voi: bool = True,
     ):
         super().__init__()
-        self.min_size = _normalise_min_size(min_size)
+        self.min_size = normalise_min_size(min_size)
         self.allow_constant = allow_constant
         self.apply_voi = apply_voi
         self._backends: dict[str, ImageReader] = {}
 
     def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
         """True when every path has a supported suffix (or is a suffix-less DICOM file)."""
-        return all(_backend_for(f"{name}") is not None for name in ensure_tuple(filename))
+        return all(backend_for(f"{name}") is not None for name in ensure_tuple(filename))
 
     def _backend(self, name: str) -> ImageReader:
         # Built on first use: importing itk takes seconds and is not needed for PNG/DICOM-only datasets.
@@ -443,10 +184,10 @@ class MammogramReader(ImageReader):
         images = [self._read_one(f"{name}") for name in ensure_tuple(data)]
         return images if len(images) > 1 else images[0]
 
-    def _read_one(self, path: str) -> _DecodedImage | _DeferredError:
+    def _read_one(self, path: str) -> _DecodedImage | DeferredError:
         try:
-            _check_file(path)
-            backend = _backend_for(path)
+            check_file(path)
+            backend = backend_for(path)
             if backend is None:
                 raise BadInputError(
                     path,
@@ -456,10 +197,10 @@ class MammogramReader(ImageReader):
             array, meta = getattr(self, f"_decode_{backend}")(path)
             return _DecodedImage(path, array, meta)
         except BadInputError as error:
-            return _DeferredError(error)
+            return DeferredError(error)
         except Exception as exc:  # each library has its own exception types for broken files
-            problem = f"truncated, corrupt or unreadable {_format_name(path)} file ({_format_exception(exc)})"
-            return _DeferredError(BadInputError(path, problem))
+            problem = f"truncated, corrupt or unreadable {format_name(path)} file ({format_exception(exc)})"
+            return DeferredError(BadInputError(path, problem))
 
     def _decode_pil(self, path: str) -> tuple[np.ndarray, dict]:
         reader = self._backend("pil")
@@ -476,8 +217,8 @@ class MammogramReader(ImageReader):
         meta = {
             "source_format": "DICOM",
             MetaKeys.AFFINE: _uniform_affine(header[MetaKeys.AFFINE]),
-            "laterality": header.get("laterality", _missing(None)),
-            "view": header.get("view", _missing(None)),
+            "laterality": header.get("laterality", missing_meta(None)),
+            "view": header.get("view", missing_meta(None)),
         }
         return array, meta
 
@@ -513,7 +254,7 @@ class MammogramReader(ImageReader):
         """
         arrays, first_meta, first_shape = [], None, None
         for item in ensure_tuple(img):
-            if isinstance(item, _DeferredError):
+            if isinstance(item, DeferredError):
                 raise item.error
             array = check_image_array(item.array, item.path, self.min_size, self.allow_constant)
             if first_shape is None:
@@ -537,6 +278,6 @@ class MammogramReader(ImageReader):
             "spacing": affine_to_spacing(affine, r=2),
             MetaKeys.SPACE: SpaceKeys.RAS,
             "source_format": item.meta["source_format"],
-            "laterality": item.meta.get("laterality", _missing(None)),
-            "view": item.meta.get("view", _missing(None)),
+            "laterality": item.meta.get("laterality", missing_meta(None)),
+            "view": item.meta.get("view", missing_meta(None)),
         }

@@ -1,0 +1,159 @@
+"""DICOM reader of the bundle: pixel values as a radiologist sees them, with laterality, view and spacing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from monai.data import PydicomReader
+from monai.config import PathLike
+from monai.utils import ensure_tuple
+from pydicom import dcmread
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+from glam_bundle.data.errors import BadInputError
+from glam_bundle.data.image_checks import DeferredError, check_file, format_exception, is_dicom_file, missing_meta
+
+__all__ = ["MammogramDicomReader"]
+
+# DICOM tags kept in the pruned metadata: MONAI's geometry tags plus ImagerPixelSpacing, which
+# projection radiographs (MG) carry instead of PixelSpacing.
+_IMAGER_PIXEL_SPACING = "00181164"
+_PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+class MammogramDicomReader(PydicomReader):
+    """PydicomReader for single-frame mammography DICOM, returning display values in (H, W) order.
+
+    Pixel values go through pydicom's modality LUT (RescaleSlope/RescaleIntercept or a Modality LUT
+    Sequence) and, with ``apply_voi=True``, the VOI LUT or the first window centre/width when the file has
+    one. MONOCHROME1 images are inverted within the value range reachable by the stored bits (mapped by the
+    same LUTs), so that dense tissue is bright. Output is float32. Compressed transfer syntaxes pydicom
+    decodes natively (RLE Lossless among them) need no extra package.
+
+    Metadata added: ``"laterality"`` from ImageLaterality (0020,0062), else Laterality (0020,0060);
+    ``"view"`` from ViewPosition (0018,5101), e.g. ``"CC"`` or ``"MLO"``; each ``"none"`` when absent.
+    Mammograms are projection images without ImageOrientationPatient/ImagePositionPatient; their affine is
+    then diag(row spacing, column spacing, 1, 1) from PixelSpacing or ImagerPixelSpacing (1 when absent).
+
+    DICOM-level problems (missing file, not a DICOM, no pixel data, undecodable pixel data, multi-frame)
+    raise :class:`BadInputError` from ``get_data``. Content checks (size, constant, NaN) are done by
+    :class:`MammogramReader`.
+
+    Args:
+        apply_voi: apply the VOI LUT / windowing stored in the file.
+        channel_dim, affine_lps_to_ras, prune_metadata, kwargs: as for :class:`monai.data.PydicomReader`;
+            ``swap_ij`` is always ``False`` (rows first).
+    """
+
+    def __init__(
+        self,
+        apply_voi: bool = True,
+        channel_dim: str | int | None = None,
+        affine_lps_to_ras: bool = True,
+        prune_metadata: bool = True,
+        **kwargs,
+    ):
+        super().__init__(
+            channel_dim=channel_dim,
+            affine_lps_to_ras=affine_lps_to_ras,
+            swap_ij=False,
+            prune_metadata=prune_metadata,
+            **kwargs,
+        )
+        self.apply_voi = apply_voi
+
+    def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
+        """True for ``.dcm``/``.dicom`` files and for files carrying the DICM magic bytes."""
+        return all(is_dicom_file(f"{name}") for name in ensure_tuple(filename))
+
+    def read(self, data: Sequence[PathLike] | PathLike, **kwargs):
+        """Read one DICOM file per path (no series folders); failures are deferred to ``get_data``.
+
+        Returns:
+            a pydicom Dataset (or a stand-in holding the error), or a list of them for several paths.
+        """
+        filenames = [f"{name}" for name in ensure_tuple(data)]
+        kwargs_ = {**self.kwargs, **kwargs}
+        datasets: list = []
+        for name in filenames:
+            try:
+                check_file(name)
+                datasets.append(dcmread(name, **kwargs_))
+            except BadInputError as error:
+                datasets.append(DeferredError(error))
+            except Exception as exc:  # pydicom raises InvalidDicomError, EOFError, struct/KeyError... on bad files
+                problem = f"corrupt or non-DICOM file ({format_exception(exc)})"
+                datasets.append(DeferredError(BadInputError(name, problem)))
+        self.filenames = filenames
+        self.has_series = False
+        return datasets if len(filenames) > 1 else datasets[0]
+
+    def get_data(self, data) -> tuple[np.ndarray, dict]:
+        """Return the float32 (H, W) display-value array and metadata; raise BadInputError for a bad file."""
+        for item in ensure_tuple(data):
+            if isinstance(item, DeferredError):
+                raise item.error
+        return super().get_data(data)
+
+    def _get_meta_dict(self, img) -> dict:
+        metadata = super()._get_meta_dict(img)
+        imager_pixel_spacing = img.get("ImagerPixelSpacing")
+        if self.prune_metadata and imager_pixel_spacing is not None:
+            metadata[_IMAGER_PIXEL_SPACING] = {"vr": "DS", "Value": [float(v) for v in imager_pixel_spacing]}
+        metadata["laterality"] = missing_meta(_dicom_laterality(img))
+        metadata["view"] = missing_meta(_dicom_text(img, "ViewPosition"))
+        return metadata
+
+    def _get_affine(self, metadata: dict, lps_to_ras: bool = True) -> np.ndarray:
+        if "00200037" in metadata and "00200032" in metadata:
+            return super()._get_affine(metadata, lps_to_ras)
+        # Projection radiograph: no patient-space geometry, only the pixel pitch (no warning needed).
+        affine = np.eye(4)
+        for tag in ("00280030", _IMAGER_PIXEL_SPACING):
+            values = metadata.get(tag, {}).get("Value")
+            if values and len(values) >= 2 and np.isfinite(np.asarray(values[:2], dtype=float)).all():
+                affine[0, 0], affine[1, 1] = float(values[0]), float(values[1])
+                break
+        return affine
+
+    def _get_array_data(self, img, filename) -> np.ndarray:
+        frames = int(getattr(img, "NumberOfFrames", 1) or 1)
+        if frames > 1:
+            raise BadInputError(filename, f"multi-frame DICOM ({frames} frames); expected one 2-D image")
+        if not any(keyword in img for keyword in _PIXEL_DATA_KEYWORDS):
+            raise BadInputError(filename, "DICOM has no pixel data")
+        try:
+            stored = img.pixel_array
+        except Exception as exc:  # truncated or undecodable pixel data: pydicom raises various types
+            raise BadInputError(filename, f"cannot decode DICOM pixel data ({format_exception(exc)})") from exc
+        values = self._to_display(stored, img)
+        if str(getattr(img, "PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1":
+            low, high = self._display_range(img)
+            values = (low + high) - values
+        return np.asarray(values, dtype=np.float32)
+
+    def _to_display(self, values: np.ndarray, img) -> np.ndarray:
+        """Stored values -> modality values -> (optionally) VOI values."""
+        values = apply_modality_lut(values, img)
+        if self.apply_voi:
+            values = apply_voi_lut(values, img)  # unchanged when the file has no VOI LUT or window
+        return np.asarray(values, dtype=np.float64)
+
+    def _display_range(self, img) -> tuple[float, float]:
+        """Lowest and highest display values reachable from the stored bit range."""
+        bits = int(getattr(img, "BitsStored", 16) or 16)
+        signed = int(getattr(img, "PixelRepresentation", 0) or 0) == 1
+        lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+        ends = self._to_display(np.array([lo, hi], dtype=np.int64 if signed else np.uint64), img)
+        return float(ends.min()), float(ends.max())
+
+
+def _dicom_text(ds, keyword: str) -> str | None:
+    value = ds.get(keyword)
+    text = str(value).strip().upper() if value is not None else ""
+    return text or None
+
+
+def _dicom_laterality(ds) -> str | None:
+    return _dicom_text(ds, "ImageLaterality") or _dicom_text(ds, "Laterality")
