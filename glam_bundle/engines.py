@@ -14,7 +14,7 @@ from glam_bundle.constants import FAILURES_KEY
 class SkipFailedCasesMixin:
     """Go on past bad cases in a MONAI workflow.
 
-    Batches come from ``glam_bundle.data.robust.collate_skip_failures``: the failure records of a batch (under
+    Batches come from ``glam_bundle.data.failures.collate_skip_failures``: the failure records of a batch (under
     "failures") are appended to ``engine.state.failures`` (a list of {"image", "error"} dicts) and a batch in
     which every case failed is skipped: its output is an empty dict and no model events fire. Handlers that
     read outputs must accept the empty dict (the bundle's metric handlers and ``loss_from_output`` do).

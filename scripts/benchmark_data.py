@@ -46,12 +46,6 @@ def synthetic_mammogram(seed: int, height: int = HEIGHT, width: int = WIDTH) -> 
     return np.where(breast, np.clip(values, 1, 4095), 0).astype(np.uint16)
 
 
-def write_png(array: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
-    Image.fromarray(array).save(path)  # uint16 -> 16-bit grayscale PNG
-
-
 def _peak_rss_mib() -> float:
     # ru_maxrss is KiB on Linux, bytes on macOS
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -121,13 +115,6 @@ def machine_description() -> dict:
     }
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    from glam_bundle.atomic_io import atomic_output
-
-    with atomic_output(path) as temp:
-        temp.write_text(text, encoding="utf-8")
-
-
 def summarise(results: dict[str, dict], cache_bytes: int, n: int) -> dict:
     uncached = float(np.mean(results["uncached"]["times"][0]))
     first = float(np.mean(results["cached"]["times"][0]))
@@ -175,12 +162,14 @@ def benchmark(n: int = 8, output_dir: str | os.PathLike = "docs", workdir: str |
     Returns:
         the summary dict (also in the JSON, with the machine description).
     """
+    from glam_bundle.atomic_io import save_png_atomic, write_text_atomic  # numpy and PIL only: no effect on the RSS baseline
+
     with tempfile.TemporaryDirectory(dir=workdir) as temp:
         temp = Path(temp)
         items = []
         for index in range(n):
             path = temp / f"synthetic_{index:03d}.png"
-            write_png(synthetic_mammogram(index), path)
+            save_png_atomic(synthetic_mammogram(index), path)
             items.append({"image": str(path), "view": "CC", "laterality": "L", "benign": 0, "malignant": 0})
         cache_dir = temp / "cache"
         results = {name: run_phase(name, items, str(cache_dir)) for name in ("uncached", "cached")}
@@ -188,8 +177,8 @@ def benchmark(n: int = 8, output_dir: str | os.PathLike = "docs", workdir: str |
     summary = summarise(results, cache_bytes, n)
     machine = machine_description()
     output_dir = Path(output_dir)
-    _atomic_write(output_dir / "data_benchmark.json", json.dumps({**summary, "machine": machine}, indent=2) + "\n")
-    _atomic_write(output_dir / "data_benchmark.md", markdown(summary, machine))
+    write_text_atomic(json.dumps({**summary, "machine": machine}, indent=2) + "\n", output_dir / "data_benchmark.json")
+    write_text_atomic(markdown(summary, machine), output_dir / "data_benchmark.md")
     return summary
 
 

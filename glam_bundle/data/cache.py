@@ -180,7 +180,7 @@ def make_cached_dataset(
       parameter (e.g. the window size) gives new entries. Files are read back with
       ``weights_only=True`` (see :func:`allow_cached_meta`).
     - ``"memory"``: a ``CacheDataset`` filled as items are first read (``runtime_cache``), so a bad image
-      fails in ``__getitem__`` where ``glam_bundle.data.robust.SkipBadCases`` can report it, not while the
+      fails in ``__getitem__`` where ``glam_bundle.data.failures.SkipBadCases`` can report it, not while the
       dataset is built. About 23 MB of RAM per 2944×1920 image.
     - ``"none"``: a plain ``Dataset``.
     """
