@@ -2,6 +2,8 @@
 
 Every loss takes the output dict of ``GLAM.forward`` (or ``GlobalNetwork.forward``) and the image-level labels
 (N, C) in {0, 1}, and returns a scalar. Notation: N images, C = 2 classes, K patches, λ the sparsity weight.
+After each call a loss's ``terms`` attribute holds the terms of that call as floats (see :class:`LossTermsMixin`),
+which ``glam_bundle.handlers.LossTermsLogger`` writes to TensorBoard.
 Probabilities and maps are cast to float32 and the loss is computed with autocast disabled: under MONAI's
 ``amp=True`` the network runs in float16/bfloat16, where ``F.binary_cross_entropy`` refuses to autocast and the
 1 − 1e-7 clamp would round to 1 (an infinite loss for a confident wrong prediction).
@@ -52,7 +54,32 @@ def l1_per_image(maps: torch.Tensor) -> torch.Tensor:
     return maps.float().abs().flatten(1).sum(dim=1).mean()
 
 
-class GlobalModuleLoss(nn.Module):
+class LossTermsMixin:
+    """Keeps the terms of the last call of a loss, for logging.
+
+    ``terms`` is a dict {name: float} of the last forward call ({} before the first); the tensors are stored
+    detached and converted to floats only when ``terms`` is read, so a training step pays no device
+    synchronisation unless something logs them. Each call makes a new dict, so a reader can tell a fresh one
+    from a stale one by identity. ``total`` is always the returned value.
+    """
+
+    _terms: dict[str, torch.Tensor]
+
+    def _keep_terms(self, **terms: torch.Tensor) -> None:
+        self._terms = {name: value.detach() for name, value in terms.items()}
+        self._terms_cache: dict[str, float] | None = None
+
+    @property
+    def terms(self) -> dict[str, float]:
+        """Terms of the last call as floats (a new dict after each call)."""
+        if not getattr(self, "_terms", None):
+            return {}
+        if self._terms_cache is None:
+            self._terms_cache = {name: float(value) for name, value in self._terms.items()}
+        return self._terms_cache
+
+
+class GlobalModuleLoss(LossTermsMixin, nn.Module):
     """L_g = Σ_n [BCE(y, ỹ_n) + λ Σ_(i,j) |S_n(i, j)|] over the three scales n of the global module (eq. 1).
 
     Reductions: BCE(y, ỹ_n) is averaged over the batch and the classes; the ℓ1 term of each S_n is summed over
@@ -65,6 +92,9 @@ class GlobalModuleLoss(nn.Module):
 
     Forward: pred, the GLAM/GlobalNetwork output dict with ``y_scales`` (N, 3, C) and ``saliency_native_0/1/2``
     (N, C, h_n, w_n); target (N, C) image-level labels in {0, 1} -> scalar (float32).
+
+    Terms (``terms`` after a call): ``bce_s0``, ``bce_s1``, ``bce_s2`` (BCE(y, ỹ_n)), ``l1`` (Σ_n ‖S_n‖₁, not
+    weighted), ``sparsity`` (λ·l1, the term added to the loss), ``total``.
     """
 
     def __init__(self, sparsity_weight: float = 3e-5) -> None:
@@ -75,12 +105,16 @@ class GlobalModuleLoss(nn.Module):
         y_scales = _pred(pred, "y_scales")
         with torch.autocast(device_type=y_scales.device.type, enabled=False):
             labels = _target(target, y_scales[:, 0])
-            loss = sum(bce(y_scales[:, n], labels) for n in range(y_scales.shape[1]))
+            bces = [bce(y_scales[:, n], labels) for n in range(y_scales.shape[1])]
+            loss = sum(bces)
             sparsity = sum(l1_per_image(_pred(pred, key)) for key in NATIVE_SALIENCY_KEYS)
-            return loss + self.sparsity_weight * sparsity
+            total = loss + self.sparsity_weight * sparsity
+            self._keep_terms(**{f"bce_s{n}": value for n, value in enumerate(bces)}, l1=sparsity,
+                             sparsity=self.sparsity_weight * sparsity, total=total)
+            return total
 
 
-class LocalModuleLoss(nn.Module):
+class LocalModuleLoss(LossTermsMixin, nn.Module):
     """L_l = BCE(y, ŷ_l) + λ Σ_k Σ_(i,j) |A_k(i, j)| (paper section 3.3, step 3).
 
     The paper writes the ℓ1 term on S_l; it is taken on the patch maps A_k (128×128 per 512×512 patch) from
@@ -94,6 +128,9 @@ class LocalModuleLoss(nn.Module):
 
     Forward: pred, the GLAM output dict with ``y_local`` (N, C) and ``saliency_patches`` (N, K, C, a, b);
     target (N, C) labels in {0, 1} -> scalar (float32).
+
+    Terms (``terms`` after a call): ``bce`` (BCE(y, ŷ_l)), ``l1`` (Σ_k ‖A_k‖₁, not weighted), ``sparsity``
+    (λ·l1), ``total``.
     """
 
     def __init__(self, sparsity_weight: float = 3e-5) -> None:
@@ -105,10 +142,13 @@ class LocalModuleLoss(nn.Module):
         y_local = _pred(pred, "y_local", hint)
         with torch.autocast(device_type=y_local.device.type, enabled=False):
             loss = bce(y_local, _target(target, y_local))
-            return loss + self.sparsity_weight * l1_per_image(_pred(pred, "saliency_patches", hint))
+            l1 = l1_per_image(_pred(pred, "saliency_patches", hint))
+            total = loss + self.sparsity_weight * l1
+            self._keep_terms(bce=loss, l1=l1, sparsity=self.sparsity_weight * l1, total=total)
+            return total
 
 
-class JointLoss(nn.Module):
+class JointLoss(LossTermsMixin, nn.Module):
     """L_t = L_g + L_l + L_f with L_f = BCE(y, ŷ_f) (paper section 3.3, step 4: joint training with fusion).
 
     Reductions: L_g as ``GlobalModuleLoss``, L_l as ``LocalModuleLoss``; BCE(y, ŷ_f) is averaged over the batch
@@ -120,6 +160,10 @@ class JointLoss(nn.Module):
 
     Forward: pred, the GLAM output dict (``use_fusion=True``); target (N, C) labels in {0, 1} -> scalar
     (float32).
+
+    Terms (``terms`` after a call): ``global`` (L_g), ``local`` (L_l), ``fusion`` (L_f = BCE(y, ŷ_f)),
+    ``total``, and the terms of L_g and L_l prefixed ``global_`` and ``local_`` (``global_bce_s0``, ...,
+    ``local_sparsity``; their ``total`` is left out, it is ``global`` / ``local``).
     """
 
     def __init__(self, sparsity_weight: float = 3e-5, local_sparsity_weight: float | None = None) -> None:
@@ -131,4 +175,11 @@ class JointLoss(nn.Module):
         y_fusion = _pred(pred, "y_fusion", " (build GLAM with use_fusion=True)")
         with torch.autocast(device_type=y_fusion.device.type, enabled=False):
             fusion = bce(y_fusion, _target(target, y_fusion))
-            return self.global_loss(pred, target) + self.local_loss(pred, target) + fusion
+            global_loss = self.global_loss(pred, target)
+            local_loss = self.local_loss(pred, target)
+            total = global_loss + local_loss + fusion
+            parts = {f"{prefix}_{name}": value
+                     for prefix, loss in (("global", self.global_loss), ("local", self.local_loss))
+                     for name, value in loss._terms.items() if name != "total"}
+            self._keep_terms(**{"global": global_loss, "local": local_loss, "fusion": fusion, "total": total}, **parts)
+            return total
