@@ -135,8 +135,11 @@ class GLAMInferenceWriter:
             if "mask" in batch and "has_mask" in batch and bool(batch["has_mask"][i].any()):
                 mask = batch["mask"][i].detach().cpu().numpy()
             image = batch["image"][i, 0].detach().float().cpu().numpy()
+            maps = {key: pred[key][i].detach().float().cpu().numpy()
+                    for key in ("saliency_global", "saliency_local") if key in pred}
             save_glam_figure(self.output_dir / f"{stem}_figure.png", image, saliency, locations, self.crop_size,
-                             mask=mask, title=Path(path).name, predictions=prediction.tolist())
+                             mask=mask, title=Path(path).name, predictions={self.prediction_key: prediction.tolist()},
+                             labels=label.tolist(), **maps)
         self.num_written += 1
         self._writer.writerow({
             "image": path,
