@@ -4,11 +4,14 @@
 - ``metric_handlers``: Dice, image- and dataset-level PxAP and per-class AUC for MONAI evaluators.
 - ``evaluation_report``: :class:`EvaluationReport`, metrics.json, the Table-1 markdown and PR curves.
 - ``inference_writer``: :class:`GLAMInferenceWriter`, predictions.csv, saliency NIfTI and figures.
+- ``tensorboard_images``: :class:`GLAMTensorBoardImages`, the figures of the first validation cases in TensorBoard.
+- ``loss_terms``: :class:`LossTermsLogger`, the terms of the training loss in TensorBoard and the log.
 """
 
 from glam_bundle.handlers.evaluation_report import EvaluationReport
 from glam_bundle.handlers.failure_reporter import FailureReporter
 from glam_bundle.handlers.inference_writer import PREDICTION_COLUMNS, GLAMInferenceWriter
+from glam_bundle.handlers.loss_terms import LossTermsLogger
 from glam_bundle.handlers.metric_handlers import (
     DatasetLevelPxAP,
     ImageLevelPxAP,
@@ -16,6 +19,7 @@ from glam_bundle.handlers.metric_handlers import (
     PerClassROCAUC,
     SoftDice,
 )
+from glam_bundle.handlers.tensorboard_images import GLAMTensorBoardImages
 
 __all__ = [
     "FailureReporter",
@@ -27,4 +31,6 @@ __all__ = [
     "EvaluationReport",
     "GLAMInferenceWriter",
     "PREDICTION_COLUMNS",
+    "GLAMTensorBoardImages",
+    "LossTermsLogger",
 ]
