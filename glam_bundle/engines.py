@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from ignite.engine import Engine, Events
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from torch.utils.data import DistributedSampler
 
 from glam_bundle.constants import FAILURES_KEY
+from glam_bundle.data.samplers import seed_epoch
+
+logger = logging.getLogger(__name__)
 
 
 class SkipFailedCasesMixin:
@@ -64,14 +69,54 @@ class GLAMTrainer(SkipFailedCasesMixin, SupervisedTrainer):
     """``SupervisedTrainer`` that skips bad cases (see ``SkipFailedCasesMixin``); the loss function receives the
     network's whole output dict and the label batch (N, 2).
 
+    At each ``EPOCH_STARTED``, before ignite creates the epoch's data loader iterator (and before the handlers in
+    ``train_handlers`` see the event), the trainer
+
+    - seeds the epoch's randomness from ``(epoch_seed, epoch)`` when ``epoch_seed`` is set
+      (``glam_bundle.data.samplers.seed_epoch``: random, numpy, torch, the dataset's random transforms, the
+      loader's generator), so that a run resumed at an epoch boundary trains exactly as an uninterrupted one;
+    - calls ``set_epoch(engine.state.epoch)`` (1-based) on the loader's sampler when it has one, e.g.
+      ``glam_bundle.data.samplers.ClassBalancedSampler`` (MONAI's ``Workflow`` already does it for a
+      ``DistributedSampler``, which is left to it).
+
     Args:
         output_batch_keys: batch keys copied into ``engine.state.output``.
+        epoch_seed: seed of the per-epoch randomness (None: not reseeded, the RNGs run on across epochs).
         *args, **kwargs: those of ``SupervisedTrainer``.
     """
 
-    def __init__(self, *args: Any, output_batch_keys: Sequence[str] = (), **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, output_batch_keys: Sequence[str] = (), epoch_seed: int | None = None, **kwargs: Any
+    ) -> None:
+        # MONAI attaches train_handlers at the end of Workflow.__init__; hold them back so that the epoch seeding
+        # and the sampler's set_epoch run before any handler's EPOCH_STARTED (as MONAI's DistributedSampler hook).
+        train_handlers = kwargs.pop("train_handlers", None)
         super().__init__(*args, **kwargs)
+        self.epoch_seed = None if epoch_seed is None else int(epoch_seed)
+        if self.epoch_seed is not None:
+            self.add_event_handler(Events.EPOCH_STARTED, self._seed_epoch)
+            if getattr(self.data_loader, "persistent_workers", False):
+                logger.warning(
+                    "epoch_seed: the data loader keeps its workers between epochs (persistent_workers=True), so "
+                    "their random transforms are not reseeded each epoch and a resumed run will differ"
+                )
+        sampler = getattr(self.data_loader, "sampler", None)
+        if callable(getattr(sampler, "set_epoch", None)) and not isinstance(sampler, DistributedSampler):
+            self.add_event_handler(Events.EPOCH_STARTED, self._set_sampler_epoch)
+        if train_handlers is not None:
+            self._register_handlers(train_handlers)
         self._init_failure_tracking(output_batch_keys)
+
+    def _seed_epoch(self, engine: Engine) -> None:
+        seed_epoch(
+            self.epoch_seed,  # type: ignore[arg-type]
+            engine.state.epoch,
+            dataset=getattr(self.data_loader, "dataset", None),
+            generator=getattr(self.data_loader, "generator", None),
+        )
+
+    def _set_sampler_epoch(self, engine: Engine) -> None:
+        self.data_loader.sampler.set_epoch(engine.state.epoch)
 
 
 def from_glam_output(pred_key: str, target_key: str = "label") -> Callable[[dict], tuple]:
