@@ -4,6 +4,7 @@
 - ``metric_handlers``: Dice, image- and dataset-level PxAP and per-class AUC for MONAI evaluators.
 - ``evaluation_report``: :class:`EvaluationReport`, metrics.json, the Table-1 markdown and PR curves.
 - ``inference_writer``: :class:`GLAMInferenceWriter`, predictions.csv, saliency NIfTI and figures.
+- ``resume``: :class:`ResumeCheckpoint`, the training state at epoch ends, to resume a killed stage.
 - ``tensorboard_images``: :class:`GLAMTensorBoardImages`, the figures of the first validation cases in TensorBoard.
 - ``loss_terms``: :class:`LossTermsLogger`, the terms of the training loss in TensorBoard and the log.
 """
@@ -19,6 +20,7 @@ from glam_bundle.handlers.metric_handlers import (
     PerClassROCAUC,
     SoftDice,
 )
+from glam_bundle.handlers.resume import ResumeCheckpoint, ResumeError
 from glam_bundle.handlers.tensorboard_images import GLAMTensorBoardImages
 
 __all__ = [
@@ -31,6 +33,8 @@ __all__ = [
     "EvaluationReport",
     "GLAMInferenceWriter",
     "PREDICTION_COLUMNS",
+    "ResumeCheckpoint",
+    "ResumeError",
     "GLAMTensorBoardImages",
     "LossTermsLogger",
 ]
