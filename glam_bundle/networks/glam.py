@@ -65,6 +65,8 @@ class GLAM(nn.Module):
         ``saliency_native_0/1/2`` S_n at native resolution (184×120, 92×60, 46×30);
         ``z_global`` (N, 256), ``z_local`` (N, 512), and ``attention`` (N, K) with attention aggregation.
         With ``global_only=True`` only the global module's entries are computed.
+    ``forward_patches(patches)`` runs only the local part (local module and aggregation) on patches already cut
+    out, (N, K, 1, P, P): local-module training on the stage-2 patch cache.
     """
 
     def __init__(
@@ -144,13 +146,11 @@ class GLAM(nn.Module):
         if self.training and labels is not None:
             locations = self._random_locations_for_negatives(locations, labels, image_size)
         patches = crop_patches(x[:, :1], locations, self.crop_size)  # (N, K, 1, P, P)
-        n, k = patches.shape[:2]
-        local = self.local_module(patches.flatten(0, 1))
-        patch_maps = local["saliency_patch"].unflatten(0, (n, k))
-        out.update(self.aggregation(patch_maps, local["z_patch"].unflatten(0, (n, k))))
+        out.update(self.forward_patches(patches))
+        patch_maps = out["saliency_patches"]
         if self.fusion is not None:
             out["y_fusion"] = self.fusion(out["z_global"], out["z_local"])
-        out.update(patch_locations=locations, saliency_patches=patch_maps)
+        out["patch_locations"] = locations
         full_resolution = not self.training if self.full_resolution_maps is None else self.full_resolution_maps
         if full_resolution:
             saliency_local = paste_patch_maps(patch_maps, locations, image_size, self.crop_size)
@@ -159,6 +159,33 @@ class GLAM(nn.Module):
                 saliency_local=saliency_local,
                 saliency=self.gamma_c * saliency_global_full + (1.0 - self.gamma_c) * saliency_local,
             )
+        return out
+
+    def forward_patches(self, patches: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The local module and the aggregation on patches already cut out (local-module training on the
+        stage-2 patch cache, paper section 3.3 step 3); ``forward`` runs its local part through this method.
+
+        Args:
+            patches: (N, K, 1, P, P) with (P, P) = ``crop_size``, e.g. a batch of
+                ``glam_bundle.data.patch_cache.PatchCacheDataset`` items.
+
+        Returns:
+            dict with ``y_local`` (N, 2) ŷ_l, ``z_local`` (N, 512), ``saliency_patches`` (N, K, 2, a, b) A_k and,
+            with attention aggregation, ``attention`` (N, K). The global module is not run (no ``y_global``, no
+            fusion).
+        """
+        if patches.ndim != 5:
+            raise ValueError(f"patches must be (N, K, C, P, P), got shape {tuple(patches.shape)}")
+        if tuple(patches.shape[-2:]) != self.crop_size:
+            raise ValueError(
+                f"patches are {tuple(patches.shape[-2:])} but the network's crop_size is {self.crop_size}: "
+                "build the patch cache with the network's crop_size"
+            )
+        n, k = patches.shape[:2]
+        local = self.local_module(patches.flatten(0, 1))
+        patch_maps = local["saliency_patch"].unflatten(0, (n, k))
+        out = dict(self.aggregation(patch_maps, local["z_patch"].unflatten(0, (n, k))))
+        out["saliency_patches"] = patch_maps
         return out
 
     def _random_locations_for_negatives(
