@@ -162,3 +162,66 @@ def paste_patch_maps(
     for j in range(k):
         canvas[batch, :, rows[:, j, :, None], cols[:, j, None, :]] = upsampled[:, j].permute(0, 2, 3, 1)
     return canvas
+
+
+def breast_patch_locations(
+    image: torch.Tensor,
+    crop_size: Sequence[int] = (512, 512),
+    num_patches: int = 1,
+    generator: torch.Generator | None = None,
+    min_breast_fraction: float = 0.5,
+) -> tuple[torch.Tensor, str]:
+    """Random patch locations of one negative image, preferring patches that show the breast (stage 2 of the
+    staged training, paper section 3.3 and appendix G.2: negative examples are random patches of images without
+    lesions; a patch of pure background teaches the local module nothing).
+
+    The breast is ``image > image.min()`` (after the bundle's chain the background and the window padding hold
+    the minimum). Each of the ``num_patches`` corners is drawn uniformly, with replacement, from the first
+    non-empty tier of valid corners (patches inside the image):
+
+    1. ``"breast"``: patches whose breast fraction is at least ``min_breast_fraction``;
+    2. ``"overlap"``: patches holding at least one breast pixel;
+    3. ``"uniform"``: every valid corner (an image without a breast, e.g. constant), as
+       :func:`random_patch_locations`.
+
+    Args:
+        image: (H, W) or (1, H, W), one image.
+        crop_size: (h_c, w_c), at most the image size.
+        num_patches: K.
+        generator: CPU generator (seed it for reproducible draws); torch's global RNG when None.
+        min_breast_fraction: in [0, 1], the breast fraction a patch of the first tier needs.
+
+    Returns:
+        ((num_patches, 2) long tensor of upper-left (row, col) corners on ``image``'s device, the tier used).
+    """
+    if not 0.0 <= min_breast_fraction <= 1.0:
+        raise ValueError(f"min_breast_fraction must be in [0, 1], got {min_breast_fraction}")
+    plane = image.detach()
+    while plane.ndim > 2:
+        if plane.shape[0] != 1:
+            raise ValueError(f"expected one (H, W) or (1, H, W) image, got shape {tuple(image.shape)}")
+        plane = plane[0]
+    height, width = plane.shape
+    rows, cols = height - int(crop_size[0]) + 1, width - int(crop_size[1]) + 1
+    if rows <= 0 or cols <= 0:
+        raise ValueError(f"crop {tuple(crop_size)} does not fit a {(height, width)} image")
+    breast = (plane > plane.min()).cpu().to(torch.int64)
+    # Breast pixels of every crop window from the integral image (a box filter would cost h_c·w_c per pixel).
+    integral = F.pad(breast.cumsum(0).cumsum(1), (1, 0, 1, 0))
+    h_c, w_c = int(crop_size[0]), int(crop_size[1])
+    counts = (
+        integral[h_c:, w_c:] - integral[:rows, w_c:] - integral[h_c:, :cols] + integral[:rows, :cols]
+    )  # (rows, cols)
+    tiers = (("breast", counts >= min_breast_fraction * h_c * w_c), ("overlap", counts > 0))
+    rule, candidates = "uniform", None
+    for name, allowed in tiers:
+        flat = allowed.flatten().nonzero().squeeze(1)
+        if flat.numel():
+            rule, candidates = name, flat
+            break
+    if candidates is None:
+        index = torch.randint(rows * cols, (num_patches,), generator=generator)
+    else:
+        index = candidates[torch.randint(candidates.numel(), (num_patches,), generator=generator)]
+    corners = torch.stack([index // cols, index % cols], dim=1)
+    return corners.to(image.device), rule
