@@ -56,3 +56,52 @@ class PrepareBatchWithLabels(PrepareBatch):
     ) -> tuple[torch.Tensor, torch.Tensor | None, tuple, dict[str, Any]]:
         image, label = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
         return image, label, (), ({} if label is None else {self.keyword: label})
+
+
+class PreparePatchBatch(PrepareBatch):
+    """``prepare_batch`` for local-module training on the stage-2 patch cache (paper section 3.3 step 3):
+    ``(batch["patches"], batch["label"])`` moved to ``device``, e.g. patches (N, K, 1, P, P) and labels (N, 2) from
+    ``glam_bundle.data.patch_cache.PatchCacheDataset``. Use with :class:`PatchInferer`.
+
+    Args:
+        patches_key: batch key of the patches.
+        label_key: batch key of the labels (None: no target).
+    """
+
+    def __init__(self, patches_key: str = "patches", label_key: str | None = "label") -> None:
+        self.patches_key = patches_key
+        self.label_key = label_key
+
+    def __call__(
+        self,
+        batchdata: dict[str, torch.Tensor],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.patches_key not in batchdata:
+            raise KeyError(f"the batch has no {self.patches_key!r}; keys: {sorted(batchdata)}")
+        patches = batchdata[self.patches_key].to(device=device, non_blocking=non_blocking, **kwargs)
+        label = batchdata.get(self.label_key) if self.label_key is not None else None
+        if label is not None:
+            label = label.to(device=device, non_blocking=non_blocking, **kwargs)
+        return patches, label
+
+
+class PatchInferer(Inferer):
+    """Run ``network.forward_patches(inputs)`` (``GLAM.forward_patches``: the local module and the aggregation on
+    patches (N, K, 1, P, P), no global module), for training the local module on the stage-2 patch cache.
+
+    A ``DataParallel`` wrapper is unwrapped (``.module``, one device); ``DistributedDataParallel`` is refused, as
+    calling a method other than ``forward`` would bypass its gradient synchronisation.
+    """
+
+    def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        target = network
+        while not hasattr(target, "forward_patches") and hasattr(target, "module"):
+            if isinstance(target, nn.parallel.DistributedDataParallel):
+                raise NotImplementedError("PatchInferer does not support DistributedDataParallel (no gradient sync)")
+            target = target.module
+        if not hasattr(target, "forward_patches"):
+            raise TypeError(f"{type(network).__name__} has no forward_patches; PatchInferer needs a GLAM")
+        return target.forward_patches(inputs, *args, **kwargs)
