@@ -5,6 +5,7 @@
 - ``evaluation_report``: :class:`EvaluationReport`, metrics.json, the Table-1 markdown and PR curves.
 - ``inference_writer``: :class:`GLAMInferenceWriter`, predictions.csv, saliency NIfTI and figures.
 - ``resume``: :class:`ResumeCheckpoint`, the training state at epoch ends, to resume a killed stage.
+- ``patch_selection``: :class:`PatchSelection`, training stage 2: the local module's patch cache and patch recall.
 - ``tensorboard_images``: :class:`GLAMTensorBoardImages`, the figures of the first validation cases in TensorBoard.
 - ``loss_terms``: :class:`LossTermsLogger`, the terms of the training loss in TensorBoard and the log.
 """
@@ -13,6 +14,7 @@ from glam_bundle.handlers.evaluation_report import EvaluationReport
 from glam_bundle.handlers.failure_reporter import FailureReporter
 from glam_bundle.handlers.inference_writer import PREDICTION_COLUMNS, GLAMInferenceWriter
 from glam_bundle.handlers.loss_terms import LossTermsLogger
+from glam_bundle.handlers.patch_selection import PatchSelection
 from glam_bundle.handlers.metric_handlers import (
     DatasetLevelPxAP,
     ImageLevelPxAP,
@@ -35,6 +37,7 @@ __all__ = [
     "PREDICTION_COLUMNS",
     "ResumeCheckpoint",
     "ResumeError",
+    "PatchSelection",
     "GLAMTensorBoardImages",
     "LossTermsLogger",
 ]
