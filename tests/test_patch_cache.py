@@ -367,3 +367,14 @@ def test_stage3_trains_the_local_module_on_the_patch_cache(tmp_path):
     print("stage-3 losses per epoch:", losses)
     assert np.mean(losses[2]) < np.mean(losses[1]), losses
     assert all(torch.equal(v, network.global_module.state_dict()[k]) for k, v in global_before.items())
+
+
+def test_class_balanced_sampler_reads_the_cache_labels(tmp_path):
+    from glam_bundle.data.samplers import ClassBalancedSampler
+
+    data = PatchCacheDataset(tmp_path / "cache")
+    sampler = ClassBalancedSampler(data, seed=0)  # built before the cache exists: reads the labels lazily
+    build(tmp_path, ItemDataset(default_items()))
+    indices = list(sampler)
+    assert len(indices) == len(sampler) == 4  # both positives and two of the three negatives
+    assert {0, 1} <= set(indices) and len(set(indices) & {2, 3, 4}) == 2
