@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+logger = logging.getLogger(__name__)
 
 # (original key prefix pattern, bundle key prefix); block-internal names are shared by both layouts.
 ORIGINAL_KEY_RULES = (
@@ -88,3 +91,24 @@ def require_checkpoint(path: str | os.PathLike) -> str:
             f"{path}: checkpoint not found; train first or pass the weights with --ckpt_path <file.pt>."
         )
     return str(path)
+
+
+def load_weights(network: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Initialise ``network`` from the checkpoint of an earlier training stage; returns the network.
+
+    The file is read with ``weights_only=True`` (a bare state dict, or one under "model"/"state_dict", as MONAI's
+    CheckpointSaver writes). Entries the network lacks are ignored and its layers the file lacks keep their
+    initialisation (stage 4 starts from stage-3 weights without attention or fusion); both are logged.
+
+    Raises:
+        FileNotFoundError: no file at ``path`` (the message says to train the earlier stage first).
+    """
+    from glam_bundle.networks.utils import load_partial_state_dict
+
+    state_dict = load_original_checkpoint(require_checkpoint(path))
+    loaded, initialised = load_partial_state_dict(network, state_dict, ignore_unexpected=True)
+    logger.info("%s: loaded %d tensors into %s", path, len(loaded), type(network).__name__)
+    if initialised:
+        modules = sorted({key.rsplit(".", 2)[0] if key.count(".") > 1 else key for key in initialised})
+        logger.info("%s: %d tensors keep their initialisation (%s)", path, len(initialised), ", ".join(modules))
+    return network

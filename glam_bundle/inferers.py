@@ -89,19 +89,10 @@ class PreparePatchBatch(PrepareBatch):
 
 
 class PatchInferer(Inferer):
-    """Run ``network.forward_patches(inputs)`` (``GLAM.forward_patches``: the local module and the aggregation on
-    patches (N, K, 1, P, P), no global module), for training the local module on the stage-2 patch cache.
-
-    A ``DataParallel`` wrapper is unwrapped (``.module``, one device); ``DistributedDataParallel`` is refused, as
-    calling a method other than ``forward`` would bypass its gradient synchronisation.
+    """Run GLAM on patches (N, K, 1, P, P) already cut out: the local module and the aggregation, no global module
+    (``GLAM.forward(x, patches=True)``, i.e. ``GLAM.forward_patches``), for training the local module on the stage-2
+    patch cache. Through ``forward`` so that ``DistributedDataParallel`` synchronises the gradients.
     """
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
-        target = network
-        while not hasattr(target, "forward_patches") and hasattr(target, "module"):
-            if isinstance(target, nn.parallel.DistributedDataParallel):
-                raise NotImplementedError("PatchInferer does not support DistributedDataParallel (no gradient sync)")
-            target = target.module
-        if not hasattr(target, "forward_patches"):
-            raise TypeError(f"{type(network).__name__} has no forward_patches; PatchInferer needs a GLAM")
-        return target.forward_patches(inputs, *args, **kwargs)
+        return network(inputs, *args, patches=True, **kwargs)

@@ -18,7 +18,7 @@ from glam_bundle.networks.patch_selection import (
     select_patch_locations,
 )
 from glam_bundle.networks.pooling import TopTPooling, top_t_pool
-from glam_bundle.networks.utils import load_partial_state_dict
+from glam_bundle.networks.utils import freeze_all_but, load_partial_state_dict, trainable_parameters
 
 __all__ = [
     "GLAM",
@@ -35,9 +35,11 @@ __all__ = [
     "MultiScaleSaliencyHeads",
     "TopTPooling",
     "crop_patches",
+    "freeze_all_but",
     "load_partial_state_dict",
     "paste_patch_maps",
     "random_patch_locations",
     "select_patch_locations",
     "top_t_pool",
+    "trainable_parameters",
 ]

@@ -133,8 +133,10 @@ class GLAM(nn.Module):
         return self
 
     def forward(
-        self, x: torch.Tensor, global_only: bool = False, labels: torch.Tensor | None = None
+        self, x: torch.Tensor, global_only: bool = False, labels: torch.Tensor | None = None, patches: bool = False
     ) -> dict[str, torch.Tensor]:
+        if patches:  # x holds cut-out patches (N, K, 1, P, P); through forward so that DDP synchronises gradients
+            return self.forward_patches(x)
         image_size = tuple(x.shape[-2:])
         if image_size[0] < self.crop_size[0] or image_size[1] < self.crop_size[1]:
             raise ValueError(f"input {image_size} is smaller than the {self.crop_size} patch")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -49,3 +49,25 @@ def load_partial_state_dict(
         raise KeyError("the checkpoint shares no key with the network")
     network.load_state_dict({key: state_dict[key] for key in loaded}, strict=False)
     return loaded, sorted(key for key in own if key not in state_dict)
+
+
+def freeze_all_but(network: nn.Module, modules: Sequence[str]) -> list[str]:
+    """Set ``requires_grad=False`` on every parameter outside the named child modules; returns the trainable names.
+
+    A stage trains only part of GLAM (stage 1 the global module); the other parameters get no gradient, which
+    DistributedDataParallel reports as an error unless they are frozen. Parameters already frozen (the original's
+    unused ``combine`` weight, a ``freeze_global`` module) stay frozen.
+    """
+    prefixes = tuple(f"{name}." for name in modules)
+    unknown = [name for name in modules if not any(n.startswith(f"{name}.") for n, _ in network.named_parameters())]
+    if unknown:
+        raise ValueError(f"freeze_all_but: {type(network).__name__} has no parameters under {unknown}")
+    for name, parameter in network.named_parameters():
+        if not name.startswith(prefixes):
+            parameter.requires_grad_(False)
+    return [name for name, parameter in network.named_parameters() if parameter.requires_grad]
+
+
+def trainable_parameters(network: nn.Module) -> list[nn.Parameter]:
+    """The parameters that require a gradient (what a stage's optimizer updates)."""
+    return [parameter for parameter in network.parameters() if parameter.requires_grad]
