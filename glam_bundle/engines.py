@@ -132,3 +132,4 @@ def from_glam_output(pred_key: str, target_key: str = "label") -> Callable[[dict
 def loss_from_output(output: dict) -> float | None:
     """Scalar loss of a trainer iteration for StatsHandler/TensorBoardStatsHandler; None for a skipped batch."""
     return float(output["loss"].detach()) if output and "loss" in output else None
+

@@ -284,7 +284,12 @@ class PatchSelection:
         engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine: Engine | None = None) -> dict[str, Any]:
-        return self.run()
+        """Build or check the cache; under ``torch.distributed`` rank 0 does it while the other ranks wait."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return self.run()
+        summary = self.run() if torch.distributed.get_rank() == 0 else {}
+        torch.distributed.barrier()
+        return summary
 
     def cache_parameters(self) -> dict[str, Any]:
         """The parameters a cache must have been built with to be reused."""
