@@ -137,3 +137,23 @@ def test_two_process_gloo_ddp_trains_and_only_rank_zero_writes(phantoms, tmp_pat
     writers = {path.name.split(".")[-2] for path in out.glob("events.out.tfevents.*")}  # the writing process ids
     assert len(writers) == 1, sorted(out.iterdir())
     assert scalars(out, "val_dice") and len(scalars(out, "train_loss_terms/total")) > 0
+
+
+def test_random_search_runs_seeded_trials_through_the_configs(phantoms, tmp_path):
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    import search
+
+    assert search.draw_trial(0, 3) == search.draw_trial(0, 3) != search.draw_trial(0, 4)
+    draws = [search.draw_trial(0, i) for i in range(50)]
+    assert all(10 ** -5.5 <= d["learning_rate"] <= 1e-4 and 10 ** -5.5 <= d["sparsity_weight"] <= 10 ** -3.5
+               for d in draws)
+    assert {d["percent_t"] for d in draws} <= set(search.TOP_T)
+    preset = write_preset(tmp_path / "preset.json")
+    out = tmp_path / "search"
+    search.main(["--stage", "global", "--trials", "2", "--out", str(out), "--presets", preset,
+                 "--dataset_dir", str(phantoms / "data"), "--max_epochs", "1",
+                 "--override", f'cache_dir="{tmp_path / "cache"}"'])
+    results = json.loads((out / "search.json").read_text())
+    assert [row["trial"] for row in results["trials"]] == [0, 1]
+    assert all(0.0 <= row["best_dice"] <= 1.0 for row in results["trials"])
+    assert (out / "search.md").read_text().count("\n| ") == 3  # header + 2 trials
