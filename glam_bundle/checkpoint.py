@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -112,3 +113,41 @@ def load_weights(network: nn.Module, path: str | os.PathLike) -> nn.Module:
         modules = sorted({key.rsplit(".", 2)[0] if key.count(".") > 1 else key for key in initialised})
         logger.info("%s: %d tensors keep their initialisation (%s)", path, len(initialised), ", ".join(modules))
     return network
+
+
+def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_global_module(network: nn.Module, checkpoint_path: str | os.PathLike) -> list[str]:
+    """Load the ``global_module.*`` weights of a stage-1 checkpoint into ``network`` (a GLAM); nothing else.
+
+    The checkpoint is what MONAI's ``CheckpointSaver`` writes for ``save_dict={"model": network}`` (a plain state
+    dict of the whole GLAM), or a dict holding one under "model" / "state_dict". Its local, attention and fusion
+    weights (untrained in stage 1) are ignored; every global-module weight of ``network`` must be in it with the
+    same shape.
+
+    Returns:
+        the loaded keys.
+    """
+    from glam_bundle.networks.utils import load_partial_state_dict
+
+    path = Path(checkpoint_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: stage-1 checkpoint not found; train the global module first (stage 1)")
+    state = load_original_checkpoint(path)
+    global_state = {k: v for k, v in state.items() if k.startswith("global_module.")}
+    expected = [k for k in network.state_dict() if k.startswith("global_module.")]
+    missing = [k for k in expected if k not in global_state]
+    if not global_state or missing:
+        raise KeyError(
+            f"{path}: not a stage-1 GLAM checkpoint: {len(missing)} of the {len(expected)} global-module weights are "
+            f"missing, e.g. {missing[:5]}"
+        )
+    loaded, _ = load_partial_state_dict(network, global_state)
+    return loaded

@@ -19,7 +19,8 @@ from glam_bundle.data.patch_cache import INDEX_FILE, PatchCacheDataset, PatchCac
 from glam_bundle.data.phantom import generate_dataset
 from glam_bundle.engines import GLAMTrainer
 from glam_bundle.handlers import PatchSelection
-from glam_bundle.handlers.patch_selection import file_sha256, lesion_patch_hits, summarise_patch_recall
+from glam_bundle.checkpoint import file_sha256
+from glam_bundle.metrics import lesion_patch_hits, summarise_patch_recall
 from glam_bundle.inferers import PatchInferer, PreparePatchBatch
 from glam_bundle.losses import LocalModuleLoss
 from glam_bundle.networks import GLAM, crop_patches

@@ -9,12 +9,14 @@ from typing import Any
 
 from ignite.engine import Engine, Events
 
+from glam_bundle.handlers.summary_writer import LazySummaryWriter
+
 __all__ = ["LossTermsLogger"]
 
 logger = logging.getLogger(__name__)
 
 
-class LossTermsLogger:
+class LossTermsLogger(LazySummaryWriter):
     """Ignite handler writing the terms of the training loss of each iteration to TensorBoard and their epoch
     means to the log.
 
@@ -51,19 +53,10 @@ class LossTermsLogger:
         self.log_dir = str(log_dir)
         self.tag = tag.rstrip("/")
         self.interval = int(interval)
-        self._writer = summary_writer
-        self._own_writer = summary_writer is None
+        self._init_writer(summary_writer)
         self._last: Any = None
         self.sums: dict[str, float] = {}
         self.counts: dict[str, int] = {}
-
-    @property
-    def writer(self) -> Any:
-        if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(log_dir=self.log_dir)
-        return self._writer
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
@@ -99,15 +92,7 @@ class LossTermsLogger:
             text = ", ".join(f"{name} {value:.5g}" for name, value in means.items())
             logger.info("Epoch[%d] loss terms (mean of %d iterations): %s", engine.state.epoch,
                         max(self.counts.values()), text)
-        if self._writer is not None:
-            self._writer.flush()
+        self.flush()
 
     def completed(self, engine: Engine) -> None:
-        if self._writer is not None:
-            self._writer.flush()
-
-    def close(self) -> None:
-        """Close the writer this handler made (not a shared one)."""
-        if self._own_writer and self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        self.flush()

@@ -29,10 +29,10 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.utils import convert_to_tensor
-from scipy import ndimage
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from glam_bundle.checkpoint import file_sha256, load_global_module
 from glam_bundle.constants import CLASS_NAMES
 from glam_bundle.data.cache import item_fingerprint
 from glam_bundle.data.failures import SkipBadCases, failure_message, is_failure
@@ -45,139 +45,23 @@ from glam_bundle.data.patch_cache import (
     save_entry,
     write_index,
 )
+from glam_bundle.data.samplers import datalist_items
+from glam_bundle.metrics.patch_recall import RECALL_AT, lesion_patch_hits, summarise_patch_recall
 from glam_bundle.networks.patch_selection import breast_patch_locations, crop_patches, select_patch_locations
-from glam_bundle.networks.utils import load_partial_state_dict
 
-__all__ = [
-    "PatchSelection",
-    "file_sha256",
-    "load_global_module",
-    "lesion_patch_hits",
-    "summarise_patch_recall",
-]
+__all__ = ["PatchSelection"]
 
 logger = logging.getLogger(__name__)
 
 STORAGE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
-RECALL_AT = (1, 3)  # recall with the first patch (and the first three, as appendix A) besides all K
 
 
-def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def load_global_module(network: nn.Module, checkpoint_path: str | os.PathLike) -> list[str]:
-    """Load the ``global_module.*`` weights of a stage-1 checkpoint into ``network`` (a GLAM); nothing else.
-
-    The checkpoint is what MONAI's ``CheckpointSaver`` writes for ``save_dict={"model": network}`` (a plain state
-    dict of the whole GLAM), or a dict holding one under "model" / "state_dict". Its local, attention and fusion
-    weights (untrained in stage 1) are ignored; every global-module weight of ``network`` must be in it with the
-    same shape.
-
-    Returns:
-        the loaded keys.
-    """
-    path = Path(checkpoint_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: stage-1 checkpoint not found; train the global module first (stage 1)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("model", "state_dict"):
-        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
-            state = state[key]
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{path}: not a state dict")
-    global_state = {k: v for k, v in state.items() if k.startswith("global_module.")}
-    expected = [k for k in network.state_dict() if k.startswith("global_module.")]
-    missing = [k for k in expected if k not in global_state]
-    if not global_state or missing:
-        raise KeyError(
-            f"{path}: not a stage-1 GLAM checkpoint: {len(missing)} of the {len(expected)} global-module weights are "
-            f"missing, e.g. {missing[:5]}"
-        )
-    loaded, _ = load_partial_state_dict(network, global_state)
-    return loaded
-
-
-def lesion_patch_hits(
-    mask: torch.Tensor | np.ndarray,
-    locations: torch.Tensor | np.ndarray,
-    crop_size: Sequence[int],
-    classes: Sequence[int] | None = None,
-) -> dict[str, list[int]]:
-    """Which selected patch first hits each lesion (patch recall, paper appendix A).
-
-    A lesion is a connected component (8-connectivity, ``scipy.ndimage.label``) of a class's mask; a patch hits it
-    when they share at least one pixel.
-
-    Args:
-        mask: (C, H, W) lesion masks (> 0.5 inside), C = 2 (benign, malignant).
-        locations: (K, 2) upper-left (row, col) corners, in selection order.
-        crop_size: (h_c, w_c).
-        classes: channels to count (e.g. those with an annotated mask); all by default.
-
-    Returns:
-        ``{class name: [first hitting patch index or -1, one per lesion]}`` for the counted classes.
-    """
-    mask = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask) > 0.5
-    corners = np.asarray(locations.detach().cpu() if isinstance(locations, torch.Tensor) else locations, dtype=np.int64)
-    h_c, w_c = int(crop_size[0]), int(crop_size[1])
-    result: dict[str, list[int]] = {}
-    for channel in range(mask.shape[0]) if classes is None else classes:
-        labelled, count = ndimage.label(mask[channel], structure=np.ones((3, 3), dtype=bool))
-        first = np.full(count + 1, -1, dtype=np.int64)
-        for k, (row, col) in enumerate(corners):
-            window = labelled[max(row, 0) : max(row + h_c, 0), max(col, 0) : max(col + w_c, 0)]
-            hit = np.unique(window)
-            hit = hit[(hit > 0) & (first[hit] < 0)]
-            first[hit] = k
-        result[CLASS_NAMES[channel]] = first[1:].tolist()
-    return result
-
-
-def summarise_patch_recall(per_image: Sequence[Mapping[str, Sequence[int]]], num_patches: int) -> dict[str, Any]:
-    """Patch recall over images from their :func:`lesion_patch_hits` results.
-
-    Returns:
-        ``{"lesions": {class: n, "overall": n}, "lesions_hit": {...}, "recall": {class: hit / n, "overall": ...},
-        "recall_at_1": {...}, "recall_at_3": {...}}``: ``recall`` counts a lesion hit by any of the K patches,
-        ``recall_at_k`` only by the first k (NaN where there is no lesion).
-    """
-    first_hits: dict[str, list[int]] = {name: [] for name in CLASS_NAMES}
-    for hits in per_image:
-        for name, values in hits.items():
-            first_hits.setdefault(name, []).extend(int(v) for v in values)
-    first_hits["overall"] = [v for name in list(first_hits) for v in first_hits[name]]
-
-    def recall(limit: int) -> dict[str, float]:
-        return {
-            name: (sum(0 <= v < limit for v in values) / len(values)) if values else math.nan
-            for name, values in first_hits.items()
-        }
-
-    summary: dict[str, Any] = {
-        "lesions": {name: len(values) for name, values in first_hits.items()},
-        "lesions_hit": {name: sum(v >= 0 for v in values) for name, values in first_hits.items()},
-        "recall": recall(num_patches),
-    }
-    for k in RECALL_AT:
-        summary[f"recall_at_{k}"] = recall(min(k, num_patches))
-    return summary
-
-
-def _raw_items(dataset: Any) -> Sequence | None:
-    """The datalist items behind ``dataset``: the first ``.data`` found unwrapping ``.dataset`` attributes."""
-    seen = 0
-    while dataset is not None and seen < 16:
-        data = getattr(dataset, "data", None)
-        if isinstance(data, Sequence) and not isinstance(data, (str, bytes)):
-            return data
-        dataset, seen = getattr(dataset, "dataset", None), seen + 1
-    return None
+def _dataset_items(dataset: Any) -> Sequence | None:
+    """The datalist items behind ``dataset`` (see ``datalist_items``), or None when it has none."""
+    try:
+        return datalist_items(dataset)
+    except TypeError:
+        return None
 
 
 def _first(batch: Any) -> Any:  # DataLoader collate_fn of one item per batch (module level: picklable)
@@ -220,7 +104,7 @@ class PatchSelection:
     ``patch_recall_at_1/<class>``, ``patch_recall_at_3/<class>``, class or "overall") when ``log_dir`` is given,
     stored in ``index.json`` and returned.
 
-    The global module is loaded here from ``checkpoint_path`` (:func:`load_global_module`: only the
+    The global module is loaded here from ``checkpoint_path`` (:func:`glam_bundle.checkpoint.load_global_module`: only the
     ``global_module.*`` weights, all of them required), so the weights used are those whose sha256 is recorded.
     ``network`` runs on ``device``; its device and train/eval mode are restored afterwards. When ``network`` is the
     stage-3 network itself, its (frozen) global module thereby holds the stage-1 weights, which its stage-3 checkpoints
@@ -333,7 +217,7 @@ class PatchSelection:
 
     def _item_keys(self) -> list[str] | None:
         """Per item, a hash of its datalist entry with its files' size and time; None without ``.data``."""
-        raw = _raw_items(self.dataset)
+        raw = _dataset_items(self.dataset)
         if raw is None or len(raw) != len(self.dataset):
             logger.warning(
                 "patch selection: no datalist items found behind the dataset (.data); the cache is keyed on the "
@@ -530,7 +414,7 @@ class PatchSelection:
         return int(np.random.SeedSequence([self.seed, position]).generate_state(1, dtype=np.uint64)[0])
 
     def _image_path(self, item: Mapping, position: int) -> str:
-        raw = _raw_items(self.dataset)
+        raw = _dataset_items(self.dataset)
         if raw is not None and position < len(raw) and isinstance(raw[position], Mapping) and "image" in raw[position]:
             return os.fspath(raw[position]["image"])
         meta = getattr(item.get("image"), "meta", None) or {}

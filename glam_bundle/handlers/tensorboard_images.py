@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from glam_bundle.handlers.summary_writer import LazySummaryWriter
 from glam_bundle.visualize import display_step, downsample, glam_figure
 
 __all__ = ["GLAMTensorBoardImages", "image_names"]
@@ -41,7 +42,7 @@ def _stem(path: str) -> str:
     return (name[: -len(suffixes)] if suffixes else name) or "image"
 
 
-class GLAMTensorBoardImages:
+class GLAMTensorBoardImages(LazySummaryWriter):
     """Ignite handler writing the GLAM figure (:func:`glam_bundle.visualize.glam_figure`) of the first
     ``max_images`` cases of each evaluator run to TensorBoard.
 
@@ -84,17 +85,8 @@ class GLAMTensorBoardImages:
         self.crop_size = tuple(int(v) for v in crop_size)
         self.tag = tag.rstrip("/")
         self.max_rows = max_rows
-        self._writer = summary_writer
-        self._own_writer = summary_writer is None
+        self._init_writer(summary_writer)
         self.cases: list[dict[str, Any]] = []
-
-    @property
-    def writer(self) -> Any:
-        if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(log_dir=self.log_dir)
-        return self._writer
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
@@ -183,9 +175,3 @@ class GLAMTensorBoardImages:
                 logger.exception("GLAMTensorBoardImages: could not draw %s", case["name"])
         self.writer.flush()
         self.cases = []
-
-    def close(self) -> None:
-        """Close the writer this handler made (not a shared one)."""
-        if self._own_writer and self._writer is not None:
-            self._writer.close()
-            self._writer = None
