@@ -56,7 +56,5 @@ PIL_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".pgm
 DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom")
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
 ITK_SUFFIXES: tuple[str, ...] = (".mha", ".mhd", ".nrrd", ".nhdr")
-# Folder listings have never picked up colour PPM/BMP or NRRD detached headers.
-LISTED_IMAGE_SUFFIXES: tuple[str, ...] = tuple(
-    s for s in PIL_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES + ITK_SUFFIXES if s not in (".ppm", ".bmp", ".nhdr")
-)
+# Folder listings pick up every suffix a reader takes (and DICOM files without a suffix, by their magic bytes).
+LISTED_IMAGE_SUFFIXES: tuple[str, ...] = PIL_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES + ITK_SUFFIXES

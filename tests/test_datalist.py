@@ -121,8 +121,9 @@ def test_write_datalist_refuses_item_without_image(tmp_path):
 def test_datalist_from_folder_lists_images_sorted(tmp_path):
     for name in ["b.png", "a.dcm", "c.nii.gz", "notes.txt", ".hidden.png", "sub/d.png"]:
         _touch(tmp_path / name)
-    assert [Path(i["image"]).name for i in datalist_from_folder(tmp_path)] == ["a.dcm", "b.png", "c.nii.gz"]
-    nested = datalist_from_folder(tmp_path, recursive=True)
+    flat = datalist_from_folder(tmp_path, recursive=False)
+    assert [Path(i["image"]).name for i in flat] == ["a.dcm", "b.png", "c.nii.gz"]
+    nested = datalist_from_folder(tmp_path)  # recursive by default
     assert [Path(i["image"]).relative_to(tmp_path).as_posix() for i in nested] == [
         "a.dcm", "b.png", "c.nii.gz", "sub/d.png",
     ]
@@ -133,7 +134,7 @@ def test_datalist_from_folder_errors(tmp_path):
     with pytest.raises(BadInputError, match="image folder not found"):
         datalist_from_folder(tmp_path / "missing")
     _touch(tmp_path / "readme.txt")
-    with pytest.raises(BadInputError, match="no image files"):
+    with pytest.raises(BadInputError, match="no mammogram to read: 1 file, 1 not a readable image"):
         datalist_from_folder(tmp_path)
 
 

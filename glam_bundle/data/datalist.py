@@ -18,6 +18,7 @@ public datasets' annotations is in :mod:`glam_bundle.data.builders`.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ from glam_bundle.constants import (
     CLASS_NAMES, FILE_KEYS, LATERALITIES, LISTED_IMAGE_SUFFIXES, MASK_FILE_KEYS, SPLITS, VIEWS,
 )
 from glam_bundle.data.errors import BadInputError
+from glam_bundle.data.folder import OUTPUT_NAME_KEY, list_folder, output_names, suffix_counts
 
 __all__ = [
     "load_datalist",
@@ -35,6 +37,8 @@ __all__ = [
     "load_inference_data",
     "write_datalist",
 ]
+
+logger = logging.getLogger(__name__)
 
 _SPLIT_ALIASES = {
     "training": "training", "train": "training",
@@ -115,48 +119,88 @@ def load_datalist(path: str | os.PathLike, split: str | None = None) -> list[dic
     return items
 
 
-def _is_image_file(path: Path) -> bool:
-    name = path.name.lower()
-    return path.is_file() and not name.startswith(".") and name.endswith(LISTED_IMAGE_SUFFIXES)
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def datalist_from_folder(folder: str | os.PathLike, recursive: bool = False) -> list[dict]:
-    """Every image file of a folder as an item holding only an absolute "image" path.
+def _nothing_to_read(listing) -> str:
+    """The one-line reason why a folder listing gave no mammogram."""
+    n_files = len(listing.masks) + len(listing.others)
+    where = f" in {_count(listing.n_folders, 'sub-folder')}" if listing.n_folders else ""
+    readable = " ".join(LISTED_IMAGE_SUFFIXES) + " and DICOM files without a suffix"
+    if n_files == 0:
+        if listing.n_folders:
+            return f"no mammogram to read: no files in {_count(listing.n_folders, 'sub-folder')} (hidden ones skipped); readable: {readable}"
+        return f"no mammogram to read: empty folder; readable: {readable}"
+    text = f"no mammogram to read: {_count(n_files, 'file')}{where}"
+    if listing.masks:
+        example, reason = next(iter(listing.masks.items()))
+        text += f", {_count(len(listing.masks), 'image')} all recognised as masks (e.g. {Path(example).name}: {reason})"
+    if listing.others:
+        text += f", {len(listing.others)} not a readable image ({suffix_counts(listing.others)})"
+    return f"{text}; readable: {readable}"
+
+
+def datalist_from_folder(folder: str | os.PathLike, recursive: bool = True) -> list[dict]:
+    """Every mammogram of a folder (and, by default, its sub-folders) as a datalist item.
+
+    The rules (readable files, masks and annotation files recognised and excluded, masks paired with their
+    image when named as the common datasets name them) are those of :func:`glam_bundle.data.folder.list_folder`.
 
     Args:
         folder: the folder to list.
-        recursive: also list sub-folders (DICOM datasets nest images by study).
+        recursive: also list sub-folders (datasets nest images by patient or study). Hidden files and folders
+            are skipped.
 
     Returns:
-        Items sorted by path relative to ``folder`` (deterministic on every file system).
+        Items sorted by path relative to ``folder`` (deterministic on every file system): an absolute
+        ``"image"`` path and, where a mask was paired, ``"mask_benign"`` / ``"mask_malignant"`` (and
+        ``"mask_outline": true`` for DDSM outline masks).
 
     Raises:
-        BadInputError: the folder does not exist or holds no image file (suffixes: ``LISTED_IMAGE_SUFFIXES``).
+        BadInputError: the folder does not exist or holds no mammogram; the message names the folder and says
+            what it holds, e.g. ``"/d: no mammogram to read: 12 files, 12 not a readable image (.txt x12); ..."``.
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise BadInputError(folder, "image folder not found")
-    candidates = folder.rglob("*") if recursive else folder.iterdir()
-    paths = sorted((p for p in candidates if _is_image_file(p)), key=lambda p: p.relative_to(folder).as_posix())
-    if not paths:
-        raise BadInputError(folder, f"no image files ({', '.join(LISTED_IMAGE_SUFFIXES)})")
-    return [{"image": str(p.absolute())} for p in paths]
+    listing = list_folder(folder, recursive=recursive)
+    if not listing.items:
+        raise BadInputError(folder, _nothing_to_read(listing))
+    logger.info("%s: %s", folder, listing.summary())
+    for path, reason in listing.masks.items():
+        logger.debug("%s: mask (%s)", path, reason)
+    return listing.items
 
 
 def load_inference_data(
     dataset_dir: str | os.PathLike, datalist: str | os.PathLike | None = None, split: str | None = None
 ) -> list[dict]:
     """Items to run inference on: those of the ``datalist`` JSON (one split, or all splits when ``split`` is
-    None) or, without a datalist, every image file in the folder ``dataset_dir``.
+    None) or, without a datalist, every mammogram in the folder ``dataset_dir`` and its sub-folders
+    (:func:`datalist_from_folder`).
+
+    Each item gets ``"output_name"``, the base name of its output files: its path relative to ``dataset_dir``
+    (or to the datalist's folder) without the image suffix, sub-folders joined by ``"__"``, made unique
+    (:func:`glam_bundle.data.folder.output_names`). An ``"output_name"`` already in a datalist item is kept.
 
     Raises:
         BadInputError: ``dataset_dir`` is a file (a datalist goes in ``datalist``), or a folder with no image.
     """
     if datalist:
-        return load_datalist(datalist, split)
-    if os.path.isfile(dataset_dir):
+        items, base = load_datalist(datalist, split), Path(datalist).absolute().parent
+    elif os.path.isfile(dataset_dir):
         raise BadInputError(dataset_dir, "dataset_dir must be a folder of images; give a datalist JSON as --datalist")
-    return datalist_from_folder(dataset_dir)
+    else:
+        items, base = datalist_from_folder(dataset_dir), Path(dataset_dir)
+    names = output_names([item["image"] for item in items], base)
+    taken = {str(item[OUTPUT_NAME_KEY]).lower() for item in items if item.get(OUTPUT_NAME_KEY)}
+    for item, name in zip(items, names):
+        if not item.get(OUTPUT_NAME_KEY):
+            candidate, counter = name, 1
+            while candidate.lower() in taken:
+                counter += 1
+                candidate = f"{name}_{counter}"
+            taken.add(candidate.lower())
+            item[OUTPUT_NAME_KEY] = candidate
+    return items
 
 
 def _relative_to(folder: str, value: str) -> str:
