@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from glam_bundle.constants import (
     CLASS_NAMES, FILE_KEYS, LATERALITIES, LISTED_IMAGE_SUFFIXES, MASK_FILE_KEYS, SPLITS, VIEWS,
 )
 from glam_bundle.data.errors import BadInputError
-from glam_bundle.data.folder import OUTPUT_NAME_KEY, list_folder, output_names, suffix_counts
+from glam_bundle.data.folder import OUTPUT_NAME_KEY, image_stem, list_folder, output_names, suffix_counts
 
 __all__ = [
     "load_datalist",
@@ -177,20 +178,33 @@ def load_inference_data(
     None) or, without a datalist, every mammogram in the folder ``dataset_dir`` and its sub-folders
     (:func:`datalist_from_folder`).
 
-    Each item gets ``"output_name"``, the base name of its output files: its path relative to ``dataset_dir``
-    (or to the datalist's folder) without the image suffix, sub-folders joined by ``"__"``, made unique
-    (:func:`glam_bundle.data.folder.output_names`). An ``"output_name"`` already in a datalist item is kept.
+    Each item gets ``"output_name"``, the base name of its output files (``<output_name>_saliency.nii.gz``,
+    ``<output_name>_figure.png``), see :func:`glam_bundle.data.folder.output_names`:
+
+    - folder: the image's path relative to ``dataset_dir`` without the image suffix, sub-folders joined by
+      ``"__"`` (``sub/C_1.RIGHT_CC.jpg`` → ``sub__C_1.RIGHT_CC``);
+    - datalist: the file name without the image suffix; images whose names would be equal get their path
+      relative to the datalist's folder instead (``a/x.png``, ``b/x.png`` → ``a__x``, ``b__x``).
+
+    A name still taken gets ``_2``, ``_3``, ... in item order; an ``"output_name"`` already in a datalist item is
+    kept. So the names are unique and the same on every run over the same input.
 
     Raises:
         BadInputError: ``dataset_dir`` is a file (a datalist goes in ``datalist``), or a folder with no image.
     """
     if datalist:
-        items, base = load_datalist(datalist, split), Path(datalist).absolute().parent
+        items = load_datalist(datalist, split)
+        paths = [item["image"] for item in items]
+        stems = [image_stem(os.path.basename(path)).lower() for path in paths]
+        counts = Counter(stems)
+        relative = output_names(paths, Path(datalist).absolute().parent)
+        names = output_names(paths, None)
+        names = [r if counts[stem] > 1 else n for stem, n, r in zip(stems, names, relative)]
     elif os.path.isfile(dataset_dir):
         raise BadInputError(dataset_dir, "dataset_dir must be a folder of images; give a datalist JSON as --datalist")
     else:
-        items, base = datalist_from_folder(dataset_dir), Path(dataset_dir)
-    names = output_names([item["image"] for item in items], base)
+        items = datalist_from_folder(dataset_dir)
+        names = output_names([item["image"] for item in items], dataset_dir)
     taken = {str(item[OUTPUT_NAME_KEY]).lower() for item in items if item.get(OUTPUT_NAME_KEY)}
     for item, name in zip(items, names):
         if not item.get(OUTPUT_NAME_KEY):

@@ -16,19 +16,70 @@ from ignite.engine import Engine, Events
 
 from glam_bundle.atomic_io import atomic_output
 from glam_bundle.data.failures import write_failures_csv
+from glam_bundle.data.folder import OUTPUT_NAME_KEY, image_stem
 from glam_bundle.visualize import save_glam_figure
 
-__all__ = ["PREDICTION_COLUMNS", "GLAMInferenceWriter"]
+__all__ = ["PREDICTION_COLUMNS", "META_COLUMNS", "GLAMInferenceWriter"]
 
 logger = logging.getLogger(__name__)
 
-PREDICTION_COLUMNS = ("image", "benign_pred", "malignant_pred", "benign_label", "malignant_label", "patch_locations")
+# Image meta keys written as columns when the preprocessing records them (empty otherwise).
+META_COLUMNS = (
+    "view", "view_source", "laterality", "laterality_source", "film", "film_source", "pixel_spacing_mm",
+    "spacing_source",
+)
+# The first six columns are those of 0.1.0, in their order; new columns come after them.
+PREDICTION_COLUMNS = (
+    "image", "benign_pred", "malignant_pred", "benign_label", "malignant_label", "patch_locations",
+    "saliency_file", "figure_file", *META_COLUMNS,
+)
+_MISSING = {"", "none", "None", "nan"}
 
 
 def _image_paths(batch: Mapping[str, Any], size: int) -> list[str]:
     meta = getattr(batch.get("image"), "meta", {}) or {}
     names = meta.get("filename_or_obj", [""] * size)
     return [str(names)] if isinstance(names, str) else [str(n) for n in names]
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return " ".join(_format_value(v) for v in value)
+    if isinstance(value, (bool, np.bool_)):
+        return "true" if value else "false"
+    if isinstance(value, (float, np.floating)):
+        return "" if not np.isfinite(value) else f"{float(value):g}"
+    text = str(value)
+    return "" if text in _MISSING else text
+
+
+def _batch_entry(value: Any, i: int, size: int) -> Any:
+    """Entry ``i`` of a collated value: a list of ``size`` entries, a tensor of ``size`` rows, or a tuple of
+    per-position tensors (how ``default_collate`` batches a pair such as a (row, column) spacing)."""
+    if isinstance(value, str) or value is None:
+        return value
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return value[i] if value.ndim >= 1 and value.shape[0] == size else value
+    if isinstance(value, (list, tuple)):
+        if value and all(isinstance(v, (torch.Tensor, np.ndarray)) and v.ndim >= 1 and v.shape[0] == size
+                         for v in value):
+            return [v[i] for v in value]
+        if len(value) == size:
+            return value[i]
+    return value
+
+
+def _case_value(batch: Mapping[str, Any], key: str, i: int, size: int) -> str:
+    """``key`` of case ``i`` from the image meta, else from the batch (items' keys), as CSV text."""
+    meta = getattr(batch.get("image"), "meta", {}) or {}
+    for source in (meta, batch):
+        if key in source:
+            text = _format_value(_batch_entry(source[key], i, size))
+            if text:
+                return text
+    return ""
 
 
 def _label_text(value: float) -> str:
@@ -38,10 +89,15 @@ def _label_text(value: float) -> str:
 class GLAMInferenceWriter:
     """Ignite handler writing the outputs of GLAM inference into ``output_dir``.
 
-    Per image: ``<stem>_saliency.nii.gz`` (float32 array 2×H×W: benign, malignant; identity affine) and
-    ``<stem>_figure.png`` (input with ground truth, selected patches, saliency overlays). For the run:
-    ``predictions.csv`` (image, benign_pred, malignant_pred, labels when known, patch corners) and
-    ``failures.csv`` (image, error) with the cases that could not be read or written. All files appear
+    Per image: ``<name>_saliency.nii.gz`` (float32 array 2×H×W: benign, malignant; identity affine) and
+    ``<name>_figure.png`` (input with ground truth, selected patches, saliency overlays). ``<name>`` is the
+    batch's ``"output_name"`` (set by :func:`glam_bundle.data.datalist.load_inference_data`: the path relative
+    to the input folder without the image suffix, sub-folders joined by ``"__"``), else the file name without
+    its image suffix (every other dot kept: ``1.2.840.1.dcm`` → ``1.2.840.1``); a name already written in the
+    run gets ``_2``, ``_3``, ... For the run: ``predictions.csv`` (``PREDICTION_COLUMNS``: image,
+    benign_pred, malignant_pred, labels when known, patch corners, then the output files relative to
+    ``output_dir`` and, when the image meta holds them, view, laterality, film and pixel spacing with their
+    sources) and ``failures.csv`` (image, error) with the cases that could not be read or written. All files appear
     atomically; while the run goes on, rows are appended (and flushed) to ``predictions.csv.partial``, so a
     killed run keeps every finished prediction.
 
@@ -94,14 +150,13 @@ class GLAMInferenceWriter:
         self._writer = csv.DictWriter(self._partial, fieldnames=list(PREDICTION_COLUMNS))
         self._writer.writeheader()
 
-    def _unique_stem(self, image_path: str) -> str:
-        name = Path(image_path).name
-        stem = name[: -len("".join(Path(name).suffixes))] if Path(name).suffixes else name
-        stem, candidate, counter = stem or "image", stem or "image", 1
-        while candidate in self._stems:
+    def _unique_stem(self, image_path: str, name: str | None = None) -> str:
+        stem = name or image_stem(Path(image_path).name) or "image"
+        candidate, counter = stem, 1
+        while candidate.lower() in self._stems:  # case-insensitive: unique on every file system
             counter += 1
             candidate = f"{stem}_{counter}"
-        self._stems.add(candidate)
+        self._stems.add(candidate.lower())
         return candidate
 
     def write_iteration(self, engine: Engine) -> None:
@@ -123,12 +178,16 @@ class GLAMInferenceWriter:
         self._partial.flush()
 
     def _write_case(self, i: int, path: str, pred: Mapping, batch: Mapping, prediction: np.ndarray, label: np.ndarray) -> None:
-        stem = self._unique_stem(path)
+        size = len(pred[self.prediction_key])
+        name = _batch_entry(batch.get(OUTPUT_NAME_KEY), i, size)
+        stem = self._unique_stem(path, str(name) if isinstance(name, str) and name else None)
+        saliency_file = f"{stem}_saliency.nii.gz" if self.write_saliency else ""
+        figure_file = f"{stem}_figure.png" if self.write_figures else ""
         locations = pred["patch_locations"][i].detach().cpu().numpy()
         if self.write_saliency or self.write_figures:
             saliency = pred["saliency"][i].detach().float().cpu().numpy()
         if self.write_saliency:
-            with atomic_output(self.output_dir / f"{stem}_saliency.nii.gz") as tmp:
+            with atomic_output(self.output_dir / saliency_file) as tmp:
                 nib.save(nib.Nifti1Image(saliency.astype(np.float32), np.eye(4)), tmp)
         if self.write_figures:
             mask = None
@@ -137,7 +196,7 @@ class GLAMInferenceWriter:
             image = batch["image"][i, 0].detach().float().cpu().numpy()
             maps = {key: pred[key][i].detach().float().cpu().numpy()
                     for key in ("saliency_global", "saliency_local") if key in pred}
-            save_glam_figure(self.output_dir / f"{stem}_figure.png", image, saliency, locations, self.crop_size,
+            save_glam_figure(self.output_dir / figure_file, image, saliency, locations, self.crop_size,
                              mask=mask, title=Path(path).name, predictions={self.prediction_key: prediction.tolist()},
                              labels=label.tolist(), **maps)
         self.num_written += 1
@@ -148,6 +207,9 @@ class GLAMInferenceWriter:
             "benign_label": _label_text(float(label[0])),
             "malignant_label": _label_text(float(label[1])),
             "patch_locations": ";".join(f"{int(r)} {int(c)}" for r, c in locations.reshape(-1, 2)),
+            "saliency_file": saliency_file,
+            "figure_file": figure_file,
+            **{key: _case_value(batch, key, i, size) for key in META_COLUMNS},
         })
 
     def write_failures_file(self, engine: Engine) -> None:
