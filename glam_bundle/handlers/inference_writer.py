@@ -77,6 +77,8 @@ def _case_value(batch: Mapping[str, Any], key: str, i: int, size: int) -> str:
     for source in (meta, batch):
         if key in source:
             text = _format_value(_batch_entry(source[key], i, size))
+            if key == "pixel_spacing_mm" and text and all(v in ("0", "-1") for v in text.split()):
+                text = ""  # a placeholder for an unknown spacing
             if text:
                 return text
     return ""
