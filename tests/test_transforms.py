@@ -558,14 +558,20 @@ def test_default_preprocessing_is_the_four_pieces():
     assert isinstance(finish_transforms()[-1], DeleteItemsd)
 
 
-@pytest.mark.parametrize("film", ["false", "true", 0, 1, None])
-def test_film_must_be_a_bool(film):
+@pytest.mark.parametrize("film", ["no", "yes", "", 0, 1, None])
+def test_film_must_be_true_false_or_auto(film):
     with pytest.raises(ValueError, match="film"):
         default_preprocessing(film=film)
     with pytest.raises(ValueError, match="film"):
         frame_transforms(film=film)
     with pytest.raises(ValueError, match="augment"):
         window_transforms(augment="false")
+
+
+@pytest.mark.parametrize(("film", "method"), [("false", "original"), ("True", "film"), ("auto", "auto"), (False, "original")])
+def test_film_strings_from_the_command_line_are_the_bools(film, method):
+    mask = next(t for t in frame_transforms(film=film) if isinstance(t, BreastMaskd))
+    assert mask.method == method  # "false" is not truthy here
 
 
 def test_default_preprocessing_end_to_end(synthetic_items):

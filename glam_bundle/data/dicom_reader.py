@@ -14,7 +14,27 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from glam_bundle.data.errors import BadInputError
 from glam_bundle.data.image_checks import DeferredError, check_file, format_exception, is_dicom_file, missing_meta
 
-__all__ = ["MammogramDicomReader"]
+__all__ = ["MammogramDicomReader", "dicom_film_hint", "dicom_spacing"]
+
+# SOP classes of images acquired by an X-ray unit (digital mammography, digital X-ray, computed radiography,
+# breast tomosynthesis and its projections): the pixels come from a detector, not from a film scanner.
+_ACQUIRED_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.1": "CR",
+    "1.2.840.10008.5.1.4.1.1.1.1": "DX for presentation",
+    "1.2.840.10008.5.1.4.1.1.1.1.1": "DX for processing",
+    "1.2.840.10008.5.1.4.1.1.1.2": "MG for presentation",
+    "1.2.840.10008.5.1.4.1.1.1.2.1": "MG for processing",
+    "1.2.840.10008.5.1.4.1.1.13.1.3": "breast tomosynthesis",
+    "1.2.840.10008.5.1.4.1.1.13.1.4": "breast projection X-ray for presentation",
+    "1.2.840.10008.5.1.4.1.1.13.1.5": "breast projection X-ray for processing",
+}
+# Secondary Capture Image Storage (and its multi-frame variants): a converted image, e.g. a scanned film.
+_SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
+# Acquisition tags only an X-ray unit writes (exposure, detector, compression): a converted film has none.
+_ACQUISITION_KEYWORDS = ("KVP", "ExposureTime", "Exposure", "XRayTubeCurrent", "DetectorID", "BodyPartThickness",
+                         "CompressionForce", "AnodeTargetMaterial", "RelativeXRayExposure")
+# Film digitisers named in Manufacturer / SecondaryCaptureDeviceManufacturer of scanned-film archives.
+_FILM_DIGITISERS = ("LUMISYS", "HOWTEK", "VIDAR", "DBA", "ARRAY", "KONICA LD", "ICAD", "CANON CX")
 
 # DICOM tags kept in the pruned metadata: MONAI's geometry tags plus ImagerPixelSpacing, which
 # projection radiographs (MG) carry instead of PixelSpacing.
@@ -103,6 +123,11 @@ class MammogramDicomReader(PydicomReader):
             metadata[_IMAGER_PIXEL_SPACING] = {"vr": "DS", "Value": [float(v) for v in imager_pixel_spacing]}
         metadata["laterality"] = missing_meta(_dicom_laterality(img))
         metadata["view"] = missing_meta(_dicom_text(img, "ViewPosition"))
+        film, film_source = dicom_film_hint(img)
+        metadata["film_hint"], metadata["film_hint_source"] = missing_meta(film), missing_meta(film_source)
+        spacing, spacing_source = dicom_spacing(img)
+        metadata["file_spacing_mm"] = list(spacing) if spacing else [0.0, 0.0]
+        metadata["file_spacing_source"] = missing_meta(spacing_source)
         return metadata
 
     def _get_affine(self, metadata: dict, lps_to_ras: bool = True) -> np.ndarray:
@@ -157,3 +182,61 @@ def _dicom_text(ds, keyword: str) -> str | None:
 
 def _dicom_laterality(ds) -> str | None:
     return _dicom_text(ds, "ImageLaterality") or _dicom_text(ds, "Laterality")
+
+
+def dicom_film_hint(ds) -> tuple[str | None, str | None]:
+    """What a DICOM header says about the image's origin: ``("film" | "digital" | None, source)``.
+
+    In order (first rule that speaks wins; the source names the tag):
+
+    1. DetectorType (0018,7004) "FILM" -> film; "DIRECT"/"SCINTILLATOR"/"STORAGE" -> digital.
+    2. ConversionType (0008,0064) "DF" (digitized film) -> film.
+    3. SOP Class UID of an acquired image (MG/DX/CR/tomosynthesis IODs) or a PresentationIntentType
+       (present only in DX/MG images) -> digital.
+    4. Manufacturer or SecondaryCaptureDeviceManufacturer naming a film digitiser -> film.
+    5. A Secondary Capture with Modality MG (ConversionType e.g. "WSD" or "DV") and no acquisition tag
+       (kVp, exposure, detector, compression) -> film: a converted mammogram that no X-ray unit wrote,
+       as CBIS-DDSM's; with acquisition tags -> digital (an exported digital image).
+    Otherwise ``(None, None)``: the pixels decide.
+    """
+    detector = _dicom_text(ds, "DetectorType")
+    if detector == "FILM":
+        return "film", "dicom:DetectorType"
+    if detector in ("DIRECT", "SCINTILLATOR", "STORAGE"):
+        return "digital", "dicom:DetectorType"
+    conversion = _dicom_text(ds, "ConversionType")
+    if conversion == "DF":
+        return "film", "dicom:ConversionType"
+    sop_class = str(ds.get("SOPClassUID", "") or "").strip()
+    if sop_class in _ACQUIRED_SOP_CLASSES:
+        return "digital", "dicom:SOPClassUID"
+    if _dicom_text(ds, "PresentationIntentType"):
+        return "digital", "dicom:PresentationIntentType"
+    makers = " ".join(
+        filter(None, (_dicom_text(ds, "Manufacturer"), _dicom_text(ds, "SecondaryCaptureDeviceManufacturer")))
+    )
+    if any(name in makers for name in _FILM_DIGITISERS):
+        return "film", "dicom:Manufacturer"
+    if sop_class.startswith(_SECONDARY_CAPTURE_PREFIX) or conversion:
+        if _dicom_text(ds, "Modality") == "MG":
+            if any(keyword in ds for keyword in _ACQUISITION_KEYWORDS):
+                return "digital", "dicom:acquisition-tags"
+            return "film", "dicom:ConversionType" if conversion else "dicom:SOPClassUID"
+    return None, None
+
+
+def dicom_spacing(ds) -> tuple[tuple[float, float] | None, str | None]:
+    """Pixel spacing (row, column) in mm and the tag it came from, or ``(None, None)``.
+
+    ImagerPixelSpacing (the detector pitch, what the model frame's 0.1 mm refers to) first, then PixelSpacing,
+    then the Nominal Scanned Pixel Spacing (0018,2010) of secondary captures such as scanned film.
+    """
+    for keyword in ("ImagerPixelSpacing", "PixelSpacing", "NominalScannedPixelSpacing"):
+        value = ds.get(keyword)
+        try:
+            values = [float(v) for v in value] if value is not None else []
+        except (TypeError, ValueError):
+            continue
+        if len(values) >= 2 and all(np.isfinite(v) and v > 0 for v in values[:2]):
+            return (values[0], values[1]), f"dicom:{keyword}"
+    return None, None

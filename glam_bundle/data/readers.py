@@ -67,6 +67,9 @@ __all__ = [
 
 
 
+_FILE_HINT_KEYS = ("film_hint", "film_hint_source", "file_spacing_mm", "file_spacing_source")
+
+
 @dataclass
 class _DecodedImage:
     """A decoded 2-D (or not yet validated) array with its uniform metadata."""
@@ -219,6 +222,7 @@ class MammogramReader(ImageReader):
             MetaKeys.AFFINE: _uniform_affine(header[MetaKeys.AFFINE]),
             "laterality": header.get("laterality", missing_meta(None)),
             "view": header.get("view", missing_meta(None)),
+            **{key: header[key] for key in _FILE_HINT_KEYS if key in header},
         }
         return array, meta
 
@@ -280,4 +284,10 @@ class MammogramReader(ImageReader):
             "source_format": item.meta["source_format"],
             "laterality": item.meta.get("laterality", missing_meta(None)),
             "view": item.meta.get("view", missing_meta(None)),
+            # What the file says about its origin and pixel size (DICOM; "none"/[0, 0] for other formats):
+            # BreastMaskd and ResampleToSpacingd decide from these, the item and the pixels.
+            "film_hint": item.meta.get("film_hint", missing_meta(None)),
+            "film_hint_source": item.meta.get("film_hint_source", missing_meta(None)),
+            "file_spacing_mm": list(item.meta.get("file_spacing_mm", [0.0, 0.0])),
+            "file_spacing_source": item.meta.get("file_spacing_source", missing_meta(None)),
         }

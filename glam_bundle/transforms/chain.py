@@ -10,7 +10,7 @@ the NYU pixel scale. Training adds the original crop-position / crop-size noise 
 Order (``[...]`` only when asked for)::
 
     load_transforms:   LoadImaged(image) -> LoadImaged(mask_benign, mask_malignant) -> MakeLabeld -> StackMasksd
-    frame_transforms:  [ResampleToSpacingd] -> BreastMaskd -> OrientBreastd -> CropBreastd
+    frame_transforms:  ResampleToSpacingd (unless spacing=None) -> BreastMaskd -> OrientBreastd -> CropBreastd
     window_transforms: BestCenterWindowd -> [RandWindowNoised]
     finish_transforms: NormalizeIntensityd -> EnsureTyped -> DeleteItemsd(breast_mask)
 
@@ -30,7 +30,7 @@ from monai.transforms import Compose, DeleteItemsd, EnsureTyped, LoadImaged, Nor
 
 from glam_bundle.constants import CLASS_NAMES, IMAGE_KEY, MASK_FILE_KEYS, MODEL_FRAME_SIZE, PATCH_SIZE
 from glam_bundle.data.readers import MammogramReader
-from glam_bundle.transforms.breast.dictionary import BreastMaskd
+from glam_bundle.transforms.breast.dictionary import BreastMaskd, parse_film
 from glam_bundle.transforms.label.dictionary import MakeLabeld, StackMasksd
 from glam_bundle.transforms.spatial.dictionary import (
     BestCenterWindowd,
@@ -86,7 +86,7 @@ def load_transforms(
     ]
 
 
-def frame_transforms(film: bool = False, spacing: float | Sequence[float] | None = None) -> list:
+def frame_transforms(film: bool | str = "auto", spacing: float | Sequence[float] | str | None = "auto") -> list:
     """Find the breast, face it right and crop the image to it.
 
     In: the output of :func:`load_transforms`. Out: ``"image"`` (1, h, w) and ``"mask"`` (2, h, w) cropped to
@@ -95,15 +95,21 @@ def frame_transforms(film: bool = False, spacing: float | Sequence[float] | None
     image meta.
 
     Args:
-        film: scanned film: robust breast mask and background suppression (else the original rule). A bool.
-        spacing: source pixel spacing in mm; when given, images are first resampled to the NYU scale.
+        film: "auto" (default): decided per image from the item's ``"film"``, the DICOM tags, else the pixels
+            (:meth:`BreastMaskd.decide_film`); true: every image is scanned film (robust breast mask and
+            background suppression); false: every image is digital (the original rule). The strings
+            "true"/"false"/"auto" are accepted; anything else is a ValueError naming ``film``.
+        spacing: "auto" (default): each image is resampled to the model frame's spacing from its item's
+            ``"spacing_mm"`` or its DICOM (Imager)PixelSpacing, and left as it is when neither is known; a
+            number or (row, col) pair in mm: used for every image; None: no resampling step.
     """
-    film = _require_bool("film", film)
+    film = parse_film(film, "film")
     transforms: list = []
     if spacing is not None:
         transforms.append(ResampleToSpacingd(keys=(IMAGE_KEY, "mask"), pixel_spacing=spacing))
+    method = {True: "film", False: "original", "auto": "auto"}[film]
     return transforms + [
-        BreastMaskd(keys=IMAGE_KEY, method="film" if film else "original", suppress_background=film),
+        BreastMaskd(keys=IMAGE_KEY, method=method, suppress_background=True if film is True else "film" if film else False),
         OrientBreastd(keys=_GEOMETRY_KEYS),
         CropBreastd(keys=_GEOMETRY_KEYS),
     ]
@@ -152,9 +158,9 @@ def finish_transforms() -> list:
 
 def default_preprocessing(
     image_size: Sequence[int] = MODEL_FRAME_SIZE,
-    film: bool = False,
+    film: bool | str = "auto",
     augment: bool = False,
-    spacing: float | Sequence[float] | None = None,
+    spacing: float | Sequence[float] | str | None = "auto",
     max_crop_noise: Sequence[int] = (100, 100),
     max_crop_size_noise: int = 100,
     min_size: int | Sequence[int] = PATCH_SIZE,
@@ -166,9 +172,9 @@ def default_preprocessing(
 
     Args:
         image_size: model window (H, W); also the size of masks drawn in the model frame.
-        film: scanned film: robust breast mask and background suppression (else the original rule). A bool.
+        film: "auto" (default), true or false: see :func:`frame_transforms`.
         augment: add the original crop-position/-size noise (training). A bool.
-        spacing: source pixel spacing in mm; when given, images are first resampled to the NYU scale.
+        spacing: "auto" (default), a spacing in mm or None: see :func:`frame_transforms`.
         max_crop_noise, max_crop_size_noise: noise amplitudes used when ``augment``.
         min_size: smallest accepted image (H, W).
     """

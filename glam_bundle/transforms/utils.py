@@ -3,6 +3,8 @@ chest-wall side and the lesion-mask frame of an item."""
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,7 +23,18 @@ __all__ = [
     "resolve_laterality",
     "chest_wall_side",
     "is_model_frame",
+    "filename_view_laterality",
+    "view_with_source",
+    "laterality_with_source",
 ]
+
+# View and laterality in the file names of common datasets: mini-DDSM "C_0001_1.LEFT_CC.jpg", CBIS-DDSM
+# "Mass-Test_P_00173_LEFT_CC", NYU "0_L-CC.png", InBreast/VinDr-style "..._L_MLO", "RCC", "LMLO". The side
+# token must be delimited (start, end, or a non-letter) so that words that merely contain "CC" don't match.
+_NAME_PATTERNS = (
+    re.compile(r"(?<![A-Z])(LEFT|RIGHT)[ _.-]*(CC|MLO)(?![A-Z])"),
+    re.compile(r"(?<![A-Z])([LR])[ _.-]?(CC|MLO)(?![A-Z])"),
+)
 
 
 def image_plane(img) -> np.ndarray:
@@ -50,20 +63,59 @@ def _meta_value(img, key: str) -> Any:
     return meta.get(key)
 
 
-def resolve_view(data: Mapping, image, default: str) -> str:
-    """View from the item, else from the reader's meta (DICOM ViewPosition), else ``default``."""
-    for value in (data.get("view"), _meta_value(image, "view")):
+def filename_view_laterality(path) -> tuple[str | None, str | None]:
+    """(view, laterality) spelled in a file name (the last match wins), each None when absent."""
+    name = os.path.basename(str(path or "")).upper()
+    for pattern in _NAME_PATTERNS:
+        matches = pattern.findall(name)
+        if matches:
+            side, view = matches[-1]
+            return view, side[:1]
+    return None, None
+
+
+def _named_source(image) -> str | None:
+    meta = getattr(image, "meta", None) or {}
+    return meta.get("filename_or_obj")
+
+
+def view_with_source(data: Mapping, image) -> tuple[str | None, str | None]:
+    """View and where it came from: the item ("datalist"), a source already decided by an earlier step (the
+    image meta ``"view_source"``), the reader's meta (DICOM ViewPosition, "dicom"), the file name
+    ("filename"); ``(None, None)`` when none says."""
+    decided = _meta_value(image, "view_source")
+    for value, source in (
+        (data.get("view"), decided or "datalist"),
+        (_meta_value(image, "view"), "dicom"),
+        (filename_view_laterality(_named_source(image))[0], "filename"),
+    ):
         if isinstance(value, str) and value.upper() in VIEWS:
-            return value.upper()
-    return default
+            return value.upper(), source
+    return None, None
+
+
+def laterality_with_source(data: Mapping, image) -> tuple[str | None, str | None]:
+    """Laterality "L"/"R" and its source: the item ("datalist"), the reader's meta (DICOM, "dicom"), the file
+    name ("filename"); ``(None, None)`` when none says."""
+    decided = _meta_value(image, "laterality_source")
+    for value, source in (
+        (data.get("laterality"), decided or "datalist"),
+        (_meta_value(image, "laterality"), "dicom"),
+        (filename_view_laterality(_named_source(image))[1], "filename"),
+    ):
+        if isinstance(value, str) and value.upper()[:1] in LATERALITIES and value.upper() not in ("", "NONE"):
+            return value.upper()[:1], source
+    return None, None
+
+
+def resolve_view(data: Mapping, image, default: str) -> str:
+    """View from the item, else the reader's meta (DICOM ViewPosition), else the file name, else ``default``."""
+    return view_with_source(data, image)[0] or default
 
 
 def resolve_laterality(data: Mapping, image) -> str | None:
-    """Laterality "L"/"R" from the item, else from the reader's meta (DICOM tags), else None."""
-    for value in (data.get("laterality"), _meta_value(image, "laterality")):
-        if isinstance(value, str) and value.upper()[:1] in LATERALITIES and value.upper() not in ("", "NONE"):
-            return value.upper()[:1]
-    return None
+    """Laterality "L"/"R" from the item, else the reader's meta (DICOM tags), else the file name, else None."""
+    return laterality_with_source(data, image)[0]
 
 
 def chest_wall_side(data: Mapping, image, flip_key: str) -> str | None:

@@ -15,6 +15,8 @@ from glam_bundle.data.errors import BadInputError
 __all__ = ["build_mini_mias_items"]
 
 _MIAS_SEVERITY = {"B": "benign", "M": "malignant"}
+# Pixel spacing of (mini-)MIAS: the films were digitised at 50 micrometres and mini-MIAS reduced them to 200.
+_MIAS_SPACING_MM = 0.2
 
 
 def _parse_mias_info(info_path: Path) -> dict[str, list[tuple[str | None, tuple[int, int, int] | None]]]:
@@ -54,7 +56,9 @@ def build_mini_mias_items(
     i.e. row = height - Y, column = X) is filled into ``<masks_dir>/<REFNUM>_<class>.png`` (0/255, image
     size); a class with a finding lacking coordinates gets no mask. All MIAS images are MLO views; images
     come in pairs of one woman, odd numbers the right breast (facing left) and even the left, hence
-    laterality from the number's parity and patient_id "mias<(n+1)//2>".
+    laterality from the number's parity and patient_id "mias<(n+1)//2>". The dataset documents its images as
+    digitised screen film at 200 micrometres per pixel: items carry ``"film": true`` and ``"spacing_mm": 0.2``
+    (the preprocessing then uses the film breast mask and resamples to the model frame's spacing).
 
     Raises:
         BadInputError: Info.txt is missing or malformed.
@@ -71,6 +75,9 @@ def build_mini_mias_items(
             "image": str(image.absolute()),
             "view": "MLO",
             "laterality": "R" if number % 2 else "L",
+            # MIAS documents its images as screen film digitised at 200 micrometres (Suckling et al. 1994)
+            "film": True,
+            "spacing_mm": _MIAS_SPACING_MM,
             "patient_id": f"mias{(number + 1) // 2:03d}",
             **{cls: 0 for cls in CLASS_NAMES},
         }

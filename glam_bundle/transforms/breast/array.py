@@ -6,7 +6,16 @@ from __future__ import annotations
 import numpy as np
 import scipy.ndimage as ndi
 
-__all__ = ["otsu_threshold", "original_breast_mask", "film_breast_mask", "chest_wall_on_right"]
+__all__ = [
+    "otsu_threshold",
+    "original_breast_mask",
+    "film_breast_mask",
+    "chest_wall_on_right",
+    "flat_background_fraction",
+    "film_from_pixels",
+    "chest_wall_corner_coverage",
+    "view_from_image",
+]
 
 
 def _largest_component(mask: np.ndarray, candidates: np.ndarray | None = None) -> np.ndarray:
@@ -150,3 +159,68 @@ def chest_wall_on_right(mask: np.ndarray) -> bool:
     first, last = int(occupied[0]), int(occupied[-1])
     band = max(1, (last - first + 1) // 10)
     return int(columns[last - band + 1 : last + 1].sum()) > int(columns[first : first + band].sum())
+
+
+def flat_background_fraction(image: np.ndarray) -> float:
+    """Share of the pixels that hold exactly the image's minimum value (the flat background), inside the
+    padding: whole rows and columns at the image edges that hold only the minimum (a scanned film padded to
+    a square or to the scanner's width) are not counted -- padding is not a detector background."""
+    image = np.asarray(image)
+    if not image.size:
+        return 0.0
+    flat = image == image.min()
+    rows, cols = np.flatnonzero(~flat.all(axis=1)), np.flatnonzero(~flat.all(axis=0))
+    if rows.size == 0:
+        return 1.0
+    return float(np.mean(flat[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]))
+
+
+def film_from_pixels(image: np.ndarray, min_flat_background: float = 0.02) -> tuple[bool, str]:
+    """Film or digital from the pixels alone, for files that say nothing (PNG/JPEG/PGM exports).
+
+    A digital mammogram "for presentation" has a constant background: the unit sets every pixel outside the
+    breast (and outside the collimation) to one value, so a sizeable share of the image holds exactly the
+    minimum. A scanned film has no such region: the film base, fog, film edges and the scanner's noise give
+    every background pixel its own value. Rule: less than ``min_flat_background`` (2 %) of the pixels inside
+    the padding (:func:`flat_background_fraction`) at the exact minimum -> film ("pixels:no-flat-background"),
+    else digital ("pixels:flat-background"). On the shared sets: every mini-DDSM JPEG 0.000 and mini-MIAS
+    mdb080/148/238/244 0.000 once their padding is set aside (film); NYU 0.32-0.37, CSAW-S 0.66-0.79
+    (digital). A film whose background the scanner clipped to 0 (the other 20 mini-MIAS images 0.04-0.66,
+    CBIS-DDSM 0.65) looks digital to this rule: their DICOM tags or the dataset's builder say film; without
+    them the original breast rule is used (breast found, labels not suppressed).
+
+    Returns:
+        (film, source).
+    """
+    if flat_background_fraction(image) < min_flat_background:
+        return True, "pixels:no-flat-background"
+    return False, "pixels:flat-background"
+
+
+def chest_wall_corner_coverage(mask: np.ndarray, corner: float = 0.3) -> float:
+    """Share of the top chest-wall corner of a right-facing breast mask's bounding box that is breast.
+
+    The corner is the triangle ``(row - top) / height + (col - left) / width < corner`` of the bounding box.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return 0.0
+    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    yy = (np.arange(top, bottom) - top)[:, None] / (bottom - top)
+    xx = (np.arange(left, right) - left)[None, :] / (right - left)
+    triangle = (yy + xx) < corner
+    return float(mask[top:bottom, left:right][triangle].mean()) if triangle.any() else 0.0
+
+
+def view_from_image(mask: np.ndarray, min_coverage: float = 0.92) -> str:
+    """"MLO" when the pectoral muscle is in the image, else "CC" (right-facing breast mask, chest wall left).
+
+    In an MLO view the pectoral muscle and the axilla run up to the top of the image along the chest wall,
+    so the breast region fills the top chest-wall corner of its bounding box (the muscle's bright triangle);
+    in a CC view the breast contour curves away from that corner. Coverage of the corner triangle
+    (:func:`chest_wall_corner_coverage`): MLO 0.96-1.00 on the shared mini-DDSM, mini-MIAS and CSAW-S MLO views
+    (except mini-MIAS mdb152, 0.41, whose breast covers the film), CC 0.33-0.86 (NYU, CBIS-DDSM, mini-DDSM,
+    CSAW-S).
+    """
+    return "MLO" if chest_wall_corner_coverage(mask) >= min_coverage else "CC"

@@ -11,10 +11,20 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
 from glam_bundle.data.errors import BadInputError
-from glam_bundle.transforms.breast.array import film_breast_mask, original_breast_mask
+from glam_bundle.transforms.breast.array import film_breast_mask, film_from_pixels, original_breast_mask
 from glam_bundle.transforms.utils import as_meta_tensor, chest_wall_side, image_plane, source_name
 
-__all__ = ["BreastMaskd"]
+__all__ = ["BreastMaskd", "parse_film"]
+
+
+def parse_film(value, name: str = "film"):
+    """The ``film`` setting, strictly: True, False or "auto"; the strings "true"/"false"/"auto" (any case, as a
+    command line gives them) are accepted. Anything else is a ValueError naming the setting."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "auto"):
+        return {"true": True, "false": False, "auto": "auto"}[value.strip().lower()]
+    raise ValueError(f"{name} must be true, false or \"auto\", got {value!r} of type {type(value).__name__}.")
 
 
 class BreastMaskd(MapTransform):
@@ -27,13 +37,14 @@ class BreastMaskd(MapTransform):
     - ``"film"``: scanned film (:func:`film_breast_mask`): Otsu thresholds and the largest component at
       the chest-wall side, so film borders, markers and burned-in labels are not taken for breast. The
       chest-wall side comes from laterality (item or reader meta) and ``horizontal_flip`` when known.
-    - ``"auto"``: ``"film"`` when the original rule's region holds a film background (more than 2 % of
-      it darker than 5 % of its 95th percentile, see :meth:`has_film_background`), else ``"original"``.
+    - ``"auto"``: per image, film or digital as :meth:`decide_film` finds (the item's ``"film"``, the file's
+      DICOM tags, else the pixels), then ``"film"`` or ``"original"``.
 
     Keys: ``keys`` holds the image key ((C, H, W), channel 0 is used). With ``suppress_background`` the
     image pixels outside the mask are set to 0 (film background and labels vanish; after standardisation
-    they equal the padding, as in digital images). The method used is recorded in the image meta
-    ``"breast_mask_method"``.
+    they equal the padding, as in digital images); ``"film"`` does so for images decided to be film only.
+    Recorded in the image meta: ``"breast_mask_method"``, ``"film"`` (bool) and ``"film_source"``
+    ("setting", "datalist", "dicom:<tag>", "pixels:..."). The item's ``"film"`` key is consumed.
     """
 
     def __init__(
@@ -44,50 +55,58 @@ class BreastMaskd(MapTransform):
         iterations: int = 100,
         suppress_background: bool = False,
         flip_key: str = "horizontal_flip",
+        film_key: str = "film",
         allow_missing_keys: bool = False,
     ):
         super().__init__(keys, allow_missing_keys)
         if method not in ("original", "film", "auto"):
             raise ValueError(f"method must be 'original', 'film' or 'auto', got {method!r}.")
+        if suppress_background not in (True, False, "film"):
+            raise ValueError(f"suppress_background must be true, false or 'film', got {suppress_background!r}.")
         self.mask_key = mask_key
         self.method = method
         self.iterations = iterations
         self.suppress_background = suppress_background
         self.flip_key = flip_key
+        self.film_key = film_key
 
-    @staticmethod
-    def has_film_background(image: np.ndarray, original_mask: np.ndarray, fraction: float = 0.02) -> bool:
-        """The ``"auto"`` test: does the original rule's region hold a film background?
+    def decide_film(self, data: Mapping, image, plane: np.ndarray) -> tuple[bool, str]:
+        """Film or digital for this image, and the rule that decided (recorded as ``film``/``film_source``).
 
-        In a digital mammogram the background is exactly 0, so the pixel > 0 region is the breast and
-        only its skin line is dark: in the NYU sample 1.0 % of the region is darker than 5 % of its 95th
-        percentile. A scanned film's background is dark but not 0 and lies inside the region: CBIS-DDSM
-        2.3-3.1 %, mini-MIAS 3.9-38 % (except mdb152, 1.3 %, whose breast covers the whole film; the
-        original rule is right there anyway). A heuristic: name the method when the source is known.
+        ``method`` "film"/"original" -> "setting". With "auto": the item's ``"film"`` (true/false,
+        "datalist"), else what the reader found in the file (``film_hint`` meta: DICOM DetectorType,
+        ConversionType, SOP class, PresentationIntentType, digitiser manufacturer; source e.g.
+        "dicom:ConversionType"), else the pixels (:func:`film_from_pixels`).
         """
-        values = image[original_mask]
-        if values.size == 0:
-            return True
-        return float(np.mean(values <= 0.05 * np.percentile(values, 95))) > fraction
+        if self.method != "auto":
+            return self.method == "film", "setting"
+        value = data.get(self.film_key)
+        if value is not None and str(value).lower() not in ("auto", "none"):
+            return parse_film(value, f"item '{self.film_key}'") is True, "datalist"
+        meta = getattr(image, "meta", {}) or {}
+        hint = str(meta.get("film_hint", "none")).lower()
+        if hint in ("film", "digital"):
+            return hint == "film", str(meta.get("film_hint_source", "dicom"))
+        return film_from_pixels(plane)
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
             image = as_meta_tensor(d[key])
             plane = image_plane(image)
-            method = self.method
-            if method in ("original", "auto"):
-                mask = original_breast_mask(plane, self.iterations)
-                if method == "auto":
-                    method = "film" if self.has_film_background(plane, mask) else "original"
-            if method == "film":
+            film, film_source = self.decide_film(d, image, plane)
+            method = "film" if film else "original"
+            if film:
                 mask = film_breast_mask(plane, chest_wall_side(d, image, self.flip_key))
+            else:
+                mask = original_breast_mask(plane, self.iterations)
             if not mask.any():
                 raise BadInputError(source_name(image), "no breast found (empty foreground mask)")
-            if self.suppress_background:
+            if self.suppress_background is True or (self.suppress_background == "film" and film):
                 image = image.clone()
                 image[:, ~torch.as_tensor(mask)] = 0
-            image.meta["breast_mask_method"] = method
+            image.meta.update({"breast_mask_method": method, "film": film, "film_source": film_source})
             d[key] = image
+            d.pop(self.film_key, None)  # decided and recorded in the meta; items with and without it collate
             d[self.mask_key] = MetaTensor(torch.as_tensor(mask)[None], meta={"filename_or_obj": source_name(image)})
         return d

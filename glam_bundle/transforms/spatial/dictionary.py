@@ -15,6 +15,7 @@ left-right flip applied), ``"crop_box"`` (rows/cols ``[y0, y1, x0, x1]`` of the 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -26,17 +27,20 @@ from monai.utils import ensure_tuple
 
 from glam_bundle.constants import MODEL_FRAME_SIZE, NYU_PIXEL_SPACING_MM
 from glam_bundle.data.errors import BadInputError
-from glam_bundle.transforms.breast.array import chest_wall_on_right
+from glam_bundle.transforms.breast.array import chest_wall_on_right, view_from_image
 from glam_bundle.transforms.spatial.array import best_center, crop_geometry, window_geometry
 from glam_bundle.transforms.utils import (
     as_meta_tensor,
     chest_wall_side,
     image_plane,
     is_model_frame,
-    resolve_laterality,
+    laterality_with_source,
     resolve_view,
     source_name,
+    view_with_source,
 )
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["OrientBreastd", "CropBreastd", "BestCenterWindowd", "RandWindowNoised", "ResampleToSpacingd"]
 
@@ -82,9 +86,15 @@ class OrientBreastd(_GeometryMapTransform):
     When laterality is unknown, or with ``mode="auto"``, the image content decides
     (:func:`chest_wall_on_right` on ``breast_mask_key``, or on pixel > 0 when there is no breast mask).
 
+    Laterality and view come from the item ("datalist"), the reader's DICOM tags ("dicom") or the file name
+    of the common datasets ("filename": ``LEFT_CC``, ``_L_MLO``, ``L-CC``, ``RMLO``); an unknown view is
+    read from the image (:func:`view_from_image`: pectoral muscle in the chest-wall top corner => MLO,
+    "image") when there is a breast mask and ``view_from_image``, else ``default_view`` ("default").
+
     Keys: ``keys`` = the image (C, H, W) and the masks that follow it ((C, H, W), any dtype). Writes the
-    image meta ``"flipped"`` and ``"orientation_rule"`` ("laterality"/"content") and sets the item's
-    ``"laterality"``/``"view"`` to the resolved values ("none" when unknown) so batches collate.
+    image meta ``"flipped"``, ``"orientation_rule"`` ("laterality"/"content"), ``"laterality"``,
+    ``"laterality_source"``, ``"view"``, ``"view_source"`` and sets the item's ``"laterality"``/``"view"`` to
+    the resolved values (laterality "none" when unknown) so batches collate.
     """
 
     def __init__(
@@ -98,8 +108,10 @@ class OrientBreastd(_GeometryMapTransform):
         model_frame_keys: KeysCollection = ("mask",),
         frame_key: str = "mask_frame",
         allow_missing_keys: bool = True,
+        view_from_image: bool = True,
     ):
         super().__init__(keys, image_key, model_frame_keys, frame_key, allow_missing_keys)
+        self.view_from_image = view_from_image
         if mode not in ("laterality", "auto"):
             raise ValueError(f"mode must be 'laterality' or 'auto', got {mode!r}.")
         self.mode = mode
@@ -119,8 +131,17 @@ class OrientBreastd(_GeometryMapTransform):
             reference = image_plane(reference) if reference is not None else image_plane(image) > 0
             side = "right" if chest_wall_on_right(reference) else "left"
         flipped = side == "right"
-        laterality = resolve_laterality(d, image) or "none"
-        view = resolve_view(d, image, self.default_view)
+        laterality, laterality_source = laterality_with_source(d, image)
+        laterality, laterality_source = laterality or "none", laterality_source or "none"
+        view, view_source = view_with_source(d, image)
+        if view is None:
+            # no tag, item or file name: the image says (pectoral muscle in the chest-wall top corner => MLO)
+            reference = d.get(self.breast_mask_key)
+            if reference is not None and self.view_from_image:
+                plane = image_plane(reference).astype(bool)
+                view, view_source = view_from_image(plane[:, ::-1] if flipped else plane), "image"
+            else:
+                view, view_source = self.default_view, "default"
         if flipped:
             image = self.flipper(image)
             for key in self.follow_keys(d):
@@ -131,7 +152,9 @@ class OrientBreastd(_GeometryMapTransform):
                 "orientation_rule": rule,
                 "oriented_shape": [int(v) for v in image.shape[1:]],
                 "laterality": laterality,
+                "laterality_source": laterality_source,
                 "view": view,
+                "view_source": view_source,
             }
         )
         d[self.image_key] = image
@@ -373,7 +396,7 @@ class RandWindowNoised(RandomizableTransform, _GeometryMapTransform):
 
 
 class ResampleToSpacingd(_GeometryMapTransform):
-    """Rescale an image of known pixel spacing to the NYU scale (bilinear image, nearest-exact masks).
+    """Rescale an image to the model frame's pixel spacing (bilinear image, nearest-exact masks).
 
     The NYU model frame is assumed to have ``target_spacing`` =
     :data:`~glam_bundle.constants.NYU_PIXEL_SPACING_MM` = 0.1 mm per pixel (an assumption, see the constant's
@@ -381,42 +404,107 @@ class ResampleToSpacingd(_GeometryMapTransform):
     target_spacing)`` per axis, e.g. mini-MIAS (0.2 mm, 1024x1024) -> 2048x2048. Run it before
     :class:`BreastMaskd` (the original's 100-pixel erosion is in NYU pixels).
 
-    Keys: image (C, H, W) and masks (model-frame masks are skipped). Meta ``"resample_factor"``
-    [row, col] (output/input size) and ``"pixel_spacing_mm"`` (after resampling).
+    ``pixel_spacing="auto"`` takes the spacing per image: the item's ``spacing_mm`` (a float or [row, col];
+    source "datalist", written by the dataset builders where the dataset documents it), else the spacing the
+    reader found in the file (``file_spacing_mm``: DICOM ImagerPixelSpacing / PixelSpacing, source e.g.
+    "dicom:ImagerPixelSpacing"). Without either the image is left as it is (today's behaviour, said once in
+    the log) and ``spacing_source`` is "none". A number or pair is used for every image (source "setting").
+
+    Keys: image (C, H, W) and masks (model-frame masks are skipped). Meta ``"resample_factor"`` [row, col]
+    (output/input size, [1, 1] when not resampled), ``"pixel_spacing_mm"`` (after resampling; 0 when unknown),
+    ``"source_spacing_mm"`` [row, col] (0 when unknown) and ``"spacing_source"``. The item's ``spacing_mm``
+    is consumed.
 
     Args:
-        pixel_spacing: source spacing in mm, a float or (row, col).
+        pixel_spacing: source spacing in mm, a float or (row, col), or "auto".
         target_spacing: spacing of the model frame in mm.
     """
+
+    _warned_no_spacing = False
 
     def __init__(
         self,
         keys: KeysCollection = ("image", "mask"),
-        pixel_spacing: float | Sequence[float] = 0.2,
+        pixel_spacing: float | Sequence[float] | str = 0.2,
         target_spacing: float = NYU_PIXEL_SPACING_MM,
         image_key: str = "image",
+        spacing_key: str = "spacing_mm",
         model_frame_keys: KeysCollection = ("mask",),
         frame_key: str = "mask_frame",
         allow_missing_keys: bool = True,
     ):
         super().__init__(keys, image_key, model_frame_keys, frame_key, allow_missing_keys)
-        spacing = ensure_tuple(pixel_spacing)
-        self.pixel_spacing = tuple(float(s) for s in (spacing * 2 if len(spacing) == 1 else spacing))
+        if isinstance(pixel_spacing, str):
+            if pixel_spacing.lower() != "auto":
+                raise ValueError(f"spacing must be a number, a (row, col) pair, \"auto\" or None, got {pixel_spacing!r}.")
+            self.pixel_spacing = "auto"
+        else:
+            self.pixel_spacing = _spacing_pair(pixel_spacing, "spacing")
         self.target_spacing = float(target_spacing)
+        self.spacing_key = spacing_key
+
+    def spacing_for(self, data: Mapping, image) -> tuple[tuple[float, float] | None, str]:
+        """(row, col) spacing in mm of this image and its source, ``(None, "none")`` when unknown."""
+        if self.pixel_spacing != "auto":
+            return self.pixel_spacing, "setting"
+        value = data.get(self.spacing_key)
+        if value is not None and not (isinstance(value, str) and value.lower() in ("none", "")):
+            return _spacing_pair(value, f"item '{self.spacing_key}'"), "datalist"
+        meta = getattr(image, "meta", {}) or {}
+        file_spacing = [float(v) for v in np.asarray(meta.get("file_spacing_mm", [0.0, 0.0])).ravel()[:2]]
+        if len(file_spacing) == 2 and all(v > 0 for v in file_spacing):
+            return (file_spacing[0], file_spacing[1]), str(meta.get("file_spacing_source", "dicom"))
+        return None, "none"
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
         image = as_meta_tensor(d[self.image_key])
-        size = tuple(
-            max(1, round(n * s / self.target_spacing)) for n, s in zip(image.shape[1:], self.pixel_spacing)
-        )
+        spacing, source = self.spacing_for(d, image)
+        d.pop(self.spacing_key, None)  # recorded in the meta; items with and without it collate
+        if spacing is None:
+            if not ResampleToSpacingd._warned_no_spacing:
+                ResampleToSpacingd._warned_no_spacing = True
+                logger.warning(
+                    "No pixel spacing for %s (no DICOM (Imager)PixelSpacing, no 'spacing_mm' in the item): such "
+                    "images are used at their stored scale, not resampled to %.2f mm (spacing_source 'none'; "
+                    "said once).",
+                    source_name(image),
+                    self.target_spacing,
+                )
+            image.meta.update(
+                {"resample_factor": [1.0, 1.0], "pixel_spacing_mm": 0.0, "source_spacing_mm": [0.0, 0.0],
+                 "spacing_source": "none"}
+            )
+            d[self.image_key] = image
+            return d
+        size = tuple(max(1, round(n * s / self.target_spacing)) for n, s in zip(image.shape[1:], spacing))
         factor = [size[0] / image.shape[1], size[1] / image.shape[2]]
-        image = Resize(size, mode="bilinear")(image)
-        image.meta.update({"resample_factor": factor, "pixel_spacing_mm": self.target_spacing})
-        for key in self.follow_keys(d):
-            mask = d[key]
-            dtype = mask.dtype
-            mask = Resize(size, mode="nearest-exact")(mask.float())
-            d[key] = mask > 0.5 if dtype == torch.bool else mask.to(dtype)
+        if tuple(size) != tuple(image.shape[1:]):
+            image = Resize(size, mode="bilinear")(image)
+            for key in self.follow_keys(d):
+                mask = d[key]
+                dtype = mask.dtype
+                mask = Resize(size, mode="nearest-exact")(mask.float())
+                d[key] = mask > 0.5 if dtype == torch.bool else mask.to(dtype)
+        image.meta.update(
+            {
+                "resample_factor": factor,
+                "pixel_spacing_mm": self.target_spacing,
+                "source_spacing_mm": [float(spacing[0]), float(spacing[1])],
+                "spacing_source": source,
+            }
+        )
         d[self.image_key] = image
         return d
+
+
+def _spacing_pair(value, name: str) -> tuple[float, float]:
+    """A spacing given as a number or (row, col) as a pair of positive floats; ValueError naming ``name``."""
+    values = ensure_tuple(value)
+    try:
+        pair = tuple(float(v) for v in (values * 2 if len(values) == 1 else values))
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive number or a (row, col) pair in mm, got {value!r}.") from None
+    if len(pair) != 2 or not all(np.isfinite(v) and v > 0 for v in pair):
+        raise ValueError(f"{name} must be a positive number or a (row, col) pair in mm, got {value!r}.")
+    return pair
