@@ -309,7 +309,7 @@ def test_predictions_csv_meta_columns_from_the_image_meta(tmp_path):
     assert [{k: r[k] for k in META_COLUMNS} for r in rows] == [
         {"view": "MLO", "view_source": "pectoral muscle", "laterality": "R", "laterality_source": "file name",
          "film": "true", "film_source": "pixels", "pixel_spacing_mm": "0.2 0.2", "spacing_source": "datalist"},
-        {"view": "CC", "view_source": "DICOM ViewPosition", "laterality": "", "laterality_source": "",
+        {"view": "CC", "view_source": "DICOM ViewPosition", "laterality": "", "laterality_source": "none",
          "film": "false", "film_source": "DICOM Modality", "pixel_spacing_mm": "0.07 0.08",
          "spacing_source": "DICOM PixelSpacing"},
     ]
@@ -325,6 +325,18 @@ def test_predictions_csv_meta_columns_from_the_image_meta(tmp_path):
         rows = list(csv.DictReader(handle))
     assert all(rows[0][k] == "" for k in META_COLUMNS) and rows[0]["image"] == "/d/c.png"
     assert np.isclose(float(rows[0]["malignant_pred"]), 0.2)
+
+    # the spacing under its other name; an unknown spacing (0 placeholder) with source "none"
+    for spacing, source, expected in (((0.2, 0.2), "DICOM PixelSpacing", ("0.2 0.2", "DICOM PixelSpacing")),
+                                      ((0.0, 0.0), "none", ("", "none"))):
+        meta = {"filename_or_obj": "/d/c.png", "source_spacing_mm": spacing, "spacing_source": source}
+        State.batch = list_data_collate([{"image": MetaTensor(torch.zeros(1, 8, 8), meta=meta)}])
+        writer.reset(None)
+        writer.write_iteration(type("Engine", (), {"state": State})())
+        writer.write_failures_file(type("Engine", (), {"state": State})())
+        with open(tmp_path / "predictions.csv", newline="") as handle:
+            row = next(csv.DictReader(handle))
+        assert (row["pixel_spacing_mm"], row["spacing_source"]) == expected
 
 
 def test_datalist_output_names_use_sub_folders_only_for_equal_names(tmp_path):

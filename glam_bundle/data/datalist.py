@@ -58,6 +58,8 @@ def _check_item(item: Any, where: str, json_path: Path) -> None:
     for key in CLASS_NAMES:
         if key in item and (isinstance(item[key], bool) or item[key] not in (0, 1)):
             raise BadInputError(json_path, f"{where}: \"{key}\" must be 0 or 1, got {item[key]!r}")
+    if "mask_outline" in item and not isinstance(item["mask_outline"], bool):
+        raise BadInputError(json_path, f"{where}: \"mask_outline\" must be true or false, got {item['mask_outline']!r}")
     if "view" in item and item["view"] not in VIEWS:
         raise BadInputError(json_path, f"{where}: \"view\" must be CC or MLO, got {item['view']!r}")
     if "laterality" in item and item["laterality"] not in LATERALITIES:

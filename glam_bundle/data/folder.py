@@ -20,8 +20,8 @@ common datasets and a few header fields, never the pixels:
    CSAW-S ``<image>_cancer.png``, the bundle's own ``<image>_benign.png``), or a structure class
    (CSAW-S's ``calcifications``, ``mammary_gland``, ``pectoral_muscle``, ``text``, ...). Words may carry a
    number (``_Mask2``) and be combined (``_mask_benign``, ``_benign_mask``).
-2. *Named as a mask*: the first or last word of the stem is a mask word (``foo_mask.png``, ``Mask_x.jpg``)
-   even without its image.
+2. *Named as a mask*: the first or last word of the stem is ``mask``, ``roi``, ``seg``, ``segmentation``,
+   ``outline`` or ``contour`` (``foo_mask.png``, ``Mask_x.jpg``) even without its image.
 3. *In a mask folder*: a sub-folder of the listed folder named ``masks``, ``segmentation``, ``roi``,
    ``annotations``, ``labels``, ``ground_truth``, ... (NYU's ``segmentation/``).
 4. *CBIS-DDSM*: a file under an abnormality folder ``<Mass|Calc>-<Training|Test>_P_<id>_<SIDE>_<VIEW>_<n>``
@@ -74,6 +74,8 @@ OUTPUT_NAME_KEY = "output_name"
 MASK_WORDS = frozenset({
     "mask", "masks", "roi", "seg", "segmentation", "outline", "contour", "overlay", "lesion", "label", "annotation",
 })
+# Mask words that make a file a mask even without an image of its name beside it (first or last word).
+ORPHAN_MASK_WORDS = frozenset({"mask", "masks", "roi", "seg", "segmentation", "outline", "contour"})
 # Lesion classes in file names -> mask key.
 CLASS_WORDS = {"benign": "mask_benign", "malignant": "mask_malignant", "cancer": "mask_malignant",
                "malignancy": "mask_malignant"}
@@ -290,7 +292,7 @@ def list_folder(folder: str | os.PathLike, recursive: bool = True) -> FolderList
                 _record_mask(listing, pairs, path, image, kind, key)
                 continue
             words = _words(stem)
-            if words and (_base_word(words[0]) in MASK_WORDS or _base_word(words[-1]) in MASK_WORDS):
+            if words and (_base_word(words[0]) in ORPHAN_MASK_WORDS or _base_word(words[-1]) in ORPHAN_MASK_WORDS):
                 listing.masks[str(path.absolute())] = "named as a mask, no image of that name beside it"
                 continue
             mammograms.append(path)
@@ -322,23 +324,24 @@ def list_folder(folder: str | os.PathLike, recursive: bool = True) -> FolderList
 
 
 def _match_sibling(stem: str, stems: dict[str, Path]) -> tuple[Path, str, str | None] | None:
-    """The sibling image whose stem prefixes (or suffixes) ``stem`` with a mask word, longest stem first."""
+    """The sibling image whose stem prefixes (or suffixes) ``stem`` at a separator with mask words after (or
+    before) it; the longest such stem wins. Linear in the length of ``stem`` (dictionary look-ups), so that
+    folders of many thousand images list quickly."""
     lower = stem.lower()
+    candidates = []
+    for k, char in enumerate(lower):
+        if char in "_-. " and 0 < k < len(lower) - 1:
+            candidates.append((lower[:k], stem[k + 1:]))  # <image>_<words>
+            candidates.append((lower[k + 1:], stem[:k]))  # <words>_<image>
     best = None
-    for other, path in stems.items():
-        if other == lower or len(other) >= len(lower):
-            continue
-        rest = None
-        if lower.startswith(other) and lower[len(other)] in "_-. ":
-            rest = stem[len(other) + 1:]
-        elif lower.endswith(other) and lower[-len(other) - 1] in "_-. ":
-            rest = stem[: -len(other) - 1]
-        if rest is None:
+    for other, rest in candidates:
+        path = stems.get(other)
+        if path is None or (best is not None and len(other) <= best[0]):
             continue
         kind = _classify_words(rest)
-        if kind is not None and (best is None or len(other) > len(image_stem(best[0].name))):
-            best = (path, *kind)
-    return best
+        if kind is not None:
+            best = (len(other), path, *kind)
+    return best[1:] if best else None
 
 
 def _record_mask(listing: FolderListing, pairs: dict, mask: Path, image: Path, kind: str, key: str | None) -> None:

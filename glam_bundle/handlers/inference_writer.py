@@ -71,14 +71,28 @@ def _batch_entry(value: Any, i: int, size: int) -> Any:
     return value
 
 
+# Other meta keys read for a column when the column's own key is absent.
+_META_ALIASES = {"pixel_spacing_mm": ("source_spacing_mm",)}
+
+
 def _case_value(batch: Mapping[str, Any], key: str, i: int, size: int) -> str:
-    """``key`` of case ``i`` from the image meta, else from the batch (items' keys), as CSV text."""
+    """``key`` of case ``i`` from the image meta, else from the batch (items' keys), as CSV text.
+
+    A missing value (``"none"``, MONAI's placeholder) is written empty, except in the ``*_source`` columns,
+    where ``none`` says that the preprocessing found no source (e.g. no pixel spacing). A zero spacing is a
+    placeholder for an unknown one and is written empty too.
+    """
     meta = getattr(batch.get("image"), "meta", {}) or {}
     for source in (meta, batch):
-        if key in source:
-            text = _format_value(_batch_entry(source[key], i, size))
-            if key == "pixel_spacing_mm" and text and all(v in ("0", "-1") for v in text.split()):
-                text = ""  # a placeholder for an unknown spacing
+        for name in (key, *_META_ALIASES.get(key, ())):
+            if name not in source:
+                continue
+            value = _batch_entry(source[name], i, size)
+            text = _format_value(value)
+            if not text and key.endswith("_source") and isinstance(value, str) and value.lower() == "none":
+                return "none"
+            if key == "pixel_spacing_mm" and text and all(float(v) <= 0 for v in text.split()):
+                text = ""
             if text:
                 return text
     return ""
