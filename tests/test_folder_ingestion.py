@@ -276,7 +276,9 @@ def test_inference_outputs_keep_full_stems_and_list_their_files(tmp_path):
             row = by_image[relative]
             assert row["saliency_file"] == f"{name}_saliency.nii.gz" and row["figure_file"] == f"{name}_figure.png"
             assert (out / row["saliency_file"]).is_file() and (out / row["figure_file"]).is_file()
-        assert by_image[f"{UID}.dcm"]["laterality"] == "L"  # from the DICOM header, via the image meta
+        dicom_row = by_image[f"{UID}.dcm"]  # from the DICOM header, via the image meta
+        assert dicom_row["laterality"] == "L" and dicom_row["view"] == "CC"
+        assert dicom_row["source_spacing_mm"] == "0.1 0.1" and dicom_row["spacing_source"] not in ("", "none")
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["predictions.csv", "failures.csv"] + [f"{n}_saliency.nii.gz" for n in expected.values()]
         + [f"{n}_figure.png" for n in expected.values()])
@@ -308,10 +310,11 @@ def test_predictions_csv_meta_columns_from_the_image_meta(tmp_path):
         rows = list(csv.DictReader(handle))
     assert [{k: r[k] for k in META_COLUMNS} for r in rows] == [
         {"view": "MLO", "view_source": "pectoral muscle", "laterality": "R", "laterality_source": "file name",
-         "film": "true", "film_source": "pixels", "pixel_spacing_mm": "0.2 0.2", "spacing_source": "datalist"},
+         "film": "true", "film_source": "pixels", "pixel_spacing_mm": "0.2 0.2", "source_spacing_mm": "",
+         "spacing_source": "datalist"},
         {"view": "CC", "view_source": "DICOM ViewPosition", "laterality": "", "laterality_source": "none",
          "film": "false", "film_source": "DICOM Modality", "pixel_spacing_mm": "0.07 0.08",
-         "spacing_source": "DICOM PixelSpacing"},
+         "source_spacing_mm": "", "spacing_source": "DICOM PixelSpacing"},
     ]
     assert [(r["saliency_file"], r["figure_file"]) for r in rows] == [("", ""), ("", "")]
 
@@ -326,17 +329,20 @@ def test_predictions_csv_meta_columns_from_the_image_meta(tmp_path):
     assert all(rows[0][k] == "" for k in META_COLUMNS) and rows[0]["image"] == "/d/c.png"
     assert np.isclose(float(rows[0]["malignant_pred"]), 0.2)
 
-    # the spacing under its other name; an unknown spacing (0 placeholder) with source "none"
-    for spacing, source, expected in (((0.2, 0.2), "DICOM PixelSpacing", ("0.2 0.2", "DICOM PixelSpacing")),
-                                      ((0.0, 0.0), "none", ("", "none"))):
-        meta = {"filename_or_obj": "/d/c.png", "source_spacing_mm": spacing, "spacing_source": source}
+    # the file's spacing and the model input's; an unknown spacing (0 placeholder) with source "none"
+    for spacing, target, source, expected in (
+        ((0.2, 0.2), 0.1, "DICOM PixelSpacing", ("0.1", "0.2 0.2", "DICOM PixelSpacing")),
+        ((0.0, 0.0), 0.0, "none", ("", "", "none")),
+    ):
+        meta = {"filename_or_obj": "/d/c.png", "source_spacing_mm": spacing, "pixel_spacing_mm": target,
+                "spacing_source": source}
         State.batch = list_data_collate([{"image": MetaTensor(torch.zeros(1, 8, 8), meta=meta)}])
         writer.reset(None)
         writer.write_iteration(type("Engine", (), {"state": State})())
         writer.write_failures_file(type("Engine", (), {"state": State})())
         with open(tmp_path / "predictions.csv", newline="") as handle:
             row = next(csv.DictReader(handle))
-        assert (row["pixel_spacing_mm"], row["spacing_source"]) == expected
+        assert (row["pixel_spacing_mm"], row["source_spacing_mm"], row["spacing_source"]) == expected
 
 
 def test_datalist_output_names_use_sub_folders_only_for_equal_names(tmp_path):

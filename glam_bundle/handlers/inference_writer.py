@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 # Image meta keys written as columns when the preprocessing records them (empty otherwise).
 META_COLUMNS = (
     "view", "view_source", "laterality", "laterality_source", "film", "film_source", "pixel_spacing_mm",
-    "spacing_source",
+    "source_spacing_mm", "spacing_source",
 )
 # The first six columns are those of 0.1.0, in their order; new columns come after them.
 PREDICTION_COLUMNS = (
@@ -71,10 +71,6 @@ def _batch_entry(value: Any, i: int, size: int) -> Any:
     return value
 
 
-# Other meta keys read for a column when the column's own key is absent.
-_META_ALIASES = {"pixel_spacing_mm": ("source_spacing_mm",)}
-
-
 def _case_value(batch: Mapping[str, Any], key: str, i: int, size: int) -> str:
     """``key`` of case ``i`` from the image meta, else from the batch (items' keys), as CSV text.
 
@@ -84,17 +80,16 @@ def _case_value(batch: Mapping[str, Any], key: str, i: int, size: int) -> str:
     """
     meta = getattr(batch.get("image"), "meta", {}) or {}
     for source in (meta, batch):
-        for name in (key, *_META_ALIASES.get(key, ())):
-            if name not in source:
-                continue
-            value = _batch_entry(source[name], i, size)
-            text = _format_value(value)
-            if not text and key.endswith("_source") and isinstance(value, str) and value.lower() == "none":
-                return "none"
-            if key == "pixel_spacing_mm" and text and all(float(v) <= 0 for v in text.split()):
-                text = ""
-            if text:
-                return text
+        if key not in source:
+            continue
+        value = _batch_entry(source[key], i, size)
+        text = _format_value(value)
+        if not text and key.endswith("_source") and isinstance(value, str) and value.lower() == "none":
+            return "none"
+        if key.endswith("spacing_mm") and text and all(float(v) <= 0 for v in text.split()):
+            text = ""
+        if text:
+            return text
     return ""
 
 
