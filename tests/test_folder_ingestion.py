@@ -353,3 +353,15 @@ def test_datalist_output_names_use_sub_folders_only_for_equal_names(tmp_path):
     (tmp_path / "list.json").write_text(json.dumps({"test": items}))
     names = [i["output_name"] for i in load_inference_data(tmp_path, tmp_path / "list.json")]
     assert names == ["a__scan", "b__scan", "C_1.RIGHT_CC", UID, "kept"]
+
+
+def test_masks_without_their_image_grouped_by_name(tmp_path):
+    """CSAW-S keeps other annotators' masks in folders without the images: <name>_<class> files sharing a name."""
+    for name in ["annotator_2/004_0_cancer.png", "annotator_2/004_0_text.png", "annotator_2/004_0_pectoral_muscle.png",
+                 "annotator_2/004_1_cancer.png", "annotator_2/004_1_nipple.png",
+                 "images/scan_2.png", "images/scan_3.png", "images/patient_benign.png", "images/mdb001.pgm"]:
+        _png(tmp_path / name)
+    listing = list_folder(tmp_path)
+    assert [Path(i["image"]).name for i in listing.items] == ["mdb001.pgm", "patient_benign.png", "scan_2.png",
+                                                              "scan_3.png"]
+    assert "one of 3 masks named 004_0_<class>" in listing.masks[str(tmp_path / "annotator_2/004_0_text.png")]

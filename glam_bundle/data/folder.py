@@ -22,6 +22,8 @@ common datasets and a few header fields, never the pixels:
    number (``_Mask2``) and be combined (``_mask_benign``, ``_benign_mask``).
 2. *Named as a mask*: the first or last word of the stem is ``mask``, ``roi``, ``seg``, ``segmentation``,
    ``outline`` or ``contour`` (``foo_mask.png``, ``Mask_x.jpg``) even without its image.
+   Also without their image: two or more files ``<name>_<class>`` sharing one ``<name>``, each ``<class>`` a
+   lesion or structure class (the masks of other annotators, as CSAW-S keeps them), are masks (not paired).
 3. *In a mask folder*: a sub-folder of the listed folder named ``masks``, ``segmentation``, ``roi``,
    ``annotations``, ``labels``, ``ground_truth``, ... (NYU's ``segmentation/``).
 4. *CBIS-DDSM*: a file under an abnormality folder ``<Mass|Calc>-<Training|Test>_P_<id>_<SIDE>_<VIEW>_<n>``
@@ -284,6 +286,7 @@ def list_folder(folder: str | os.PathLike, recursive: bool = True) -> FolderList
     mammograms: list[Path] = []
     for paths in by_folder.values():
         stems = {image_stem(p.name).lower(): p for p in paths}
+        left: list[Path] = []
         for path in paths:
             stem = image_stem(path.name)
             match = _match_sibling(stem, stems)
@@ -295,7 +298,18 @@ def list_folder(folder: str | os.PathLike, recursive: bool = True) -> FolderList
             if words and (_base_word(words[0]) in ORPHAN_MASK_WORDS or _base_word(words[-1]) in ORPHAN_MASK_WORDS):
                 listing.masks[str(path.absolute())] = "named as a mask, no image of that name beside it"
                 continue
-            mammograms.append(path)
+            left.append(path)
+        # Masks whose image is elsewhere (CSAW-S annotator folders): several files <name>_<class> sharing a name.
+        groups = {path: _class_prefixes(image_stem(path.name)) for path in left}
+        counts = Counter(prefix for prefixes in groups.values() for prefix in prefixes)
+        for path in left:
+            shared = [prefix for prefix in groups[path] if counts[prefix] > 1]
+            if shared:
+                listing.masks[str(path.absolute())] = (
+                    f"one of {counts[shared[0]]} masks named {shared[0]}_<class>, no image {shared[0]} beside them"
+                )
+            else:
+                mammograms.append(path)
 
     # Rule 5: headers of what the names left as mammograms.
     backends = dict(images)
@@ -342,6 +356,18 @@ def _match_sibling(stem: str, stems: dict[str, Path]) -> tuple[Path, str, str | 
         if kind is not None:
             best = (len(other), path, *kind)
     return best[1:] if best else None
+
+
+def _class_prefixes(stem: str) -> set[str]:
+    """Prefixes ``p`` of ``stem`` such that ``stem`` is ``p_<class>`` with a lesion class or structure class
+    (a bare mask word is not enough: ``scan_2`` and ``scan_3`` are images)."""
+    lower, prefixes = stem.lower(), set()
+    for k, char in enumerate(lower):
+        if char in "_-. " and 0 < k < len(lower) - 1:
+            kind = _classify_words(stem[k + 1:])
+            if kind is not None and (kind[0] == "structure" or kind[1] is not None):
+                prefixes.add(lower[:k])
+    return prefixes
 
 
 def _record_mask(listing: FolderListing, pairs: dict, mask: Path, image: Path, kind: str, key: str | None) -> None:
