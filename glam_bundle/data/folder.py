@@ -10,7 +10,7 @@ or study, DICOMs without a suffix, and, beside the images, lesion masks, structu
   paired with that image as ``mask_benign`` / ``mask_malignant``;
 - **other files** (no reader takes them: CSV, TXT, ``.OVERLAY``, ...), ignored.
 
-Hidden files and folders (name starting with ".") are skipped. The rules use the naming conventions of the
+Hidden files and folders (name starting with ".") are skipped; links to folders are not followed (no cycles). The rules use the naming conventions of the
 common datasets and a few header fields, never the pixels:
 
 1. *Derived from a sibling image*: ``<image>_<word>.<ext>`` or ``<word>_<image>.<ext>`` where ``<image>`` is
