@@ -8,7 +8,11 @@ Items that fail show their error instead. The PNG is written atomically.
 Examples::
 
     python scripts/contact_sheet.py datalist.json sheet.png --split test
-    python scripts/contact_sheet.py ../shared/data/mini_mias/images mias.png --film --spacing 0.2
+    python scripts/contact_sheet.py ../shared/data/mini_ddsm ddsm.png --recursive        # film/spacing "auto"
+    python scripts/contact_sheet.py ../shared/data/mini_mias/images mias.png --film true --spacing 0.2
+
+Each tile's title names the image and what was decided, with the rule that decided it: film/digital
+(``film_source``), spacing (``spacing_source``), view and laterality (``view_source``/``laterality_source``).
 """
 
 from __future__ import annotations
@@ -61,7 +65,14 @@ def tile_title(item: dict, out: dict | None) -> str:
     label = out["label"].tolist()
     label_text = "/".join("?" if v < 0 else str(int(v)) for v in label)
     flip = " flip" if bool(meta.get("flipped", False)) else ""
-    return f"{name}\n{out.get('view', '?')} {out.get('laterality', '?')}{flip} B/M {label_text}"
+    kind = "film" if bool(meta.get("film", False)) else "digital"
+    spacing = meta.get("source_spacing_mm", [0, 0])
+    spacing = f"{float(spacing[0]):.3g}mm" if float(spacing[0]) > 0 else "?mm"
+    return (
+        f"{name[-30:]}\n{out.get('view', '?')}({meta.get('view_source', '?')}) "
+        f"{out.get('laterality', '?')}({meta.get('laterality_source', '?')}){flip} B/M {label_text}\n"
+        f"{kind}({meta.get('film_source', '?')}) {spacing}({meta.get('spacing_source', '?')})"
+    )
 
 
 def draw_tile(axis, item: dict, out: dict | None, error: str | None, factor: int) -> None:
@@ -87,8 +98,8 @@ def contact_sheet(
     source: str | os.PathLike,
     output: str | os.PathLike,
     split: str | None = None,
-    film: bool = False,
-    spacing: float | None = None,
+    film: bool | str = "auto",
+    spacing: float | str | None = "auto",
     image_size: tuple[int, int] = MODEL_FRAME_SIZE,
     columns: int = 6,
     max_images: int = 48,
@@ -136,14 +147,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("source", help="datalist JSON or image folder")
     parser.add_argument("output", help="PNG file to write")
     parser.add_argument("--split", default=None, help="datalist split (default: all splits)")
-    parser.add_argument("--film", action="store_true", help="scanned film: robust breast mask")
-    parser.add_argument("--spacing", type=float, default=None, help="pixel spacing (mm) to resample to NYU scale")
+    parser.add_argument("--film", default="auto", help='"auto" (default: per image), true or false')
+    parser.add_argument(
+        "--spacing", default="auto", help='"auto" (default: per image), a pixel spacing in mm, or "none"'
+    )
     parser.add_argument("--image-size", type=int, nargs=2, default=list(MODEL_FRAME_SIZE), metavar=("H", "W"))
     parser.add_argument("--columns", type=int, default=6)
     parser.add_argument("--max-images", type=int, default=48)
     parser.add_argument("--factor", type=int, default=16, help="downsampling factor of the tiles")
     parser.add_argument("--recursive", action="store_true", help="list sub-folders of an image folder")
     args = parser.parse_args(argv)
+    if args.spacing.lower() == "none":
+        args.spacing = None
+    elif args.spacing.lower() != "auto":
+        args.spacing = float(args.spacing)
     path = contact_sheet(
         args.source, args.output, args.split, args.film, args.spacing, tuple(args.image_size),
         args.columns, args.max_images, args.factor, args.recursive,

@@ -9,6 +9,7 @@ that a builder has to draw (boxes, circles, unions of ROI masks) are written ato
 from glam_bundle.data.builders.cbis_ddsm import build_cbis_ddsm_items
 from glam_bundle.data.builders.common import BuildResult
 from glam_bundle.data.builders.csv_table import build_csv_items
+from glam_bundle.data.builders.ddsm import build_ddsm_items, ddsm_spacing_mm
 from glam_bundle.data.builders.mini_mias import build_mini_mias_items
 from glam_bundle.data.builders.nyu import RestrictedUnpickler, build_nyu_items, restricted_load_pickle
 from glam_bundle.data.builders.vindr import build_vindr_items
@@ -22,4 +23,6 @@ __all__ = [
     "build_vindr_items",
     "build_mini_mias_items",
     "build_csv_items",
+    "build_ddsm_items",
+    "ddsm_spacing_mm",
 ]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
+import scipy.ndimage as ndi
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
@@ -13,7 +15,7 @@ from glam_bundle.constants import CLASS_NAMES, MASK_FILE_KEYS, MODEL_FRAME_SIZE
 from glam_bundle.data.errors import BadInputError
 from glam_bundle.transforms.utils import is_model_frame, source_name
 
-__all__ = ["StackMasksd", "MakeLabeld"]
+__all__ = ["StackMasksd", "MakeLabeld", "fill_outline"]
 
 
 class StackMasksd(MapTransform):
@@ -28,7 +30,9 @@ class StackMasksd(MapTransform):
     lesion) or absent (zeros, flag 0). The mask must have its image's spatial size, or ``model_frame_size``
     when the item's ``frame_key`` is ``"model"``; otherwise :class:`BadInputError` names the mask file. The
     per-class keys are removed (their content is in ``mask_key``) and ``frame_key`` is set to the resolved
-    "raw"/"model", so batches collate.
+    "raw"/"model", so batches collate. Items with ``"mask_outline": true`` (``outline_key``; DDSM-style closed
+    lesion outlines, set by the folder listing) get their masks filled (:func:`fill_outline`); the key is
+    consumed.
     """
 
     def __init__(
@@ -41,6 +45,7 @@ class StackMasksd(MapTransform):
         model_frame_size: Sequence[int] = MODEL_FRAME_SIZE,
         dtype: torch.dtype = torch.float32,
         allow_missing_keys: bool = True,
+        outline_key: str = "mask_outline",
     ):
         super().__init__(keys, allow_missing_keys)
         self.image_key = image_key
@@ -49,6 +54,7 @@ class StackMasksd(MapTransform):
         self.frame_key = frame_key
         self.model_frame_size = tuple(int(v) for v in model_frame_size)
         self.dtype = dtype
+        self.outline_key = outline_key
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
@@ -56,6 +62,7 @@ class StackMasksd(MapTransform):
         model_frame = is_model_frame(d, self.frame_key)
         expected = self.model_frame_size if model_frame else tuple(image.shape[1:])
         channels, flags = [], []
+        outline = bool(d.pop(self.outline_key, False))  # consumed: items with and without it collate
         for key in self.keys:
             mask = d.pop(key, None)
             if mask is None:
@@ -68,12 +75,32 @@ class StackMasksd(MapTransform):
                     source_name(mask),
                     f"mask is {mask.shape[1]}x{mask.shape[2]} (HxW) but {frame} is {expected[0]}x{expected[1]}",
                 )
-            channels.append((torch.as_tensor(mask) > 0).any(dim=0).to(self.dtype))
+            if outline:
+                channels.append(torch.as_tensor(fill_outline(mask)).to(self.dtype))
+            else:
+                channels.append((torch.as_tensor(mask) > 0).any(dim=0).to(self.dtype))
             flags.append(1.0)
         d[self.mask_key] = MetaTensor(torch.stack(channels).as_subclass(torch.Tensor))
         d[self.has_mask_key] = torch.tensor(flags, dtype=torch.float32)
         d[self.frame_key] = "model" if model_frame else "raw"
         return d
+
+
+def fill_outline(mask) -> np.ndarray:
+    """Lesion region of an *outline* mask (DDSM / mini-DDSM ``*_Mask.jpg``: a thin closed contour with JPEG
+    noise): channel-wise maximum above half its range, closed over small gaps (radius 2), holes filled.
+
+    Args:
+        mask: (C, H, W) mask values. Returns: (H, W) bool.
+    """
+    values = np.asarray(mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else mask, dtype=np.float32)
+    plane = values.max(axis=0)
+    low, high = float(plane.min()), float(plane.max())
+    if high <= low:
+        return np.zeros(plane.shape, dtype=bool)
+    ring = plane > (low + high) / 2
+    ring = ndi.binary_closing(ring, structure=np.ones((5, 5), bool)) | ring
+    return ndi.binary_fill_holes(ring)
 
 
 class MakeLabeld(MapTransform):
