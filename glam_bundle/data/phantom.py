@@ -28,7 +28,15 @@ from glam_bundle.constants import CLASS_NAMES, LATERALITIES, VIEWS
 from glam_bundle.data.datalist import write_datalist
 from glam_bundle.data.splits import DEFAULT_FRACTIONS, patient_level_split
 
-__all__ = ["LESION_KINDS", "Phantom", "power_law_noise", "make_phantom", "save_dicom_atomic", "generate_dataset"]
+__all__ = [
+    "LESION_KINDS",
+    "Phantom",
+    "power_law_noise",
+    "make_phantom",
+    "as_scanned_film",
+    "save_dicom_atomic",
+    "generate_dataset",
+]
 
 # Lesion kind -> class it belongs to.
 LESION_KINDS = {"benign_mass": "benign", "malignant_mass": "malignant", "calcification_cluster": "malignant"}
@@ -282,25 +290,67 @@ def make_phantom(
     )
 
 
+def as_scanned_film(image: np.ndarray, rng: np.random.Generator | int | None = None) -> np.ndarray:
+    """A phantom as a scanned film would look: what a digitiser makes of a screen-film mammogram.
+
+    The zero background becomes a noisy dark film background (film base + fog, scanner noise: never one
+    constant value), the breast keeps its values above it, a bright burned-in label block with dark "text"
+    sits in the film background at the top of the breast's bounding box, on the side away from the chest
+    wall (it may touch the breast's outline), and a bright film-edge strip runs along the
+    bottom border (touching the breast where it reaches the bottom). Same size and geometry as ``image``, so
+    the phantom's lesion masks still apply.
+
+    Args:
+        image: (H, W) uint16 phantom (background 0). rng: Generator or seed.
+
+    Returns:
+        (H, W) uint16 in 0..4095.
+    """
+    rng = np.random.default_rng(rng)
+    height, width = image.shape
+    breast = image > 0
+    background = rng.normal(180.0, 25.0, image.shape).clip(40, None)
+    film = np.where(breast, image.astype(np.float64) + 180.0, background)
+    # label: in the top corner of the breast's bounding box away from the chest wall, where the breast's
+    # rounded outline leaves film background -- inside the crop, so the window would show it if kept
+    rows, cols = np.flatnonzero(breast.any(axis=1)), np.flatnonzero(breast.any(axis=0))
+    if rows.size == 0:
+        rows, cols = np.array([0, height - 1]), np.array([0, width - 1])
+    left_heavy = breast[:, : width // 2].sum() >= breast[:, width // 2 :].sum()
+    lh, lw = max(4, (rows[-1] - rows[0]) // 14), max(6, (cols[-1] - cols[0]) // 6)
+    top = rows[0] + lh // 3
+    left = cols[-1] - lw - lw // 4 if left_heavy else cols[0] + lw // 4
+    film[top : top + lh, left : left + lw] = 3900.0
+    film[top + lh // 4 : top + 3 * lh // 4, left + lw // 6 : left + lw // 3] = 600.0  # the "text"
+    film[top + lh // 4 : top + 3 * lh // 4, left + lw // 2 : left + 2 * lw // 3] = 600.0
+    # film edge: a bright strip along the bottom border, a few pixels tall
+    film[height - max(2, height // 100) :, :] = 3500.0
+    return np.clip(np.round(film), 0, MAX_VALUE).astype(np.uint16)
+
+
 def save_dicom_atomic(
-    image: np.ndarray, path: str | os.PathLike, laterality: str, view: str, patient_id: str,
-    pixel_spacing_mm: float = 0.1,
+    image: np.ndarray, path: str | os.PathLike, laterality: str | None, view: str | None, patient_id: str,
+    pixel_spacing_mm: float | None = 0.1,
+    film: bool = False,
 ) -> Path:
     """Write a phantom as a digital mammography DICOM (MG, MONOCHROME2, 16 bits allocated, 12 stored),
-    atomically, with ImageLaterality, ViewPosition and PixelSpacing set as a FFDM system would.
+    atomically, with ImageLaterality, ViewPosition and PixelSpacing set as a FFDM system would; with ``film``
+    as a scanned film archive stores it: Secondary Capture, ConversionType "DF" (digitized film), the scanner's
+    NominalScannedPixelSpacing instead of PixelSpacing, Laterality instead of ImageLaterality.
 
     Args:
         image: (H, W) uint16 phantom.
         path: destination ``.dcm`` file.
-        laterality: "L" or "R"; view: "CC" or "MLO"; patient_id: PatientID.
-        pixel_spacing_mm: PixelSpacing written for both axes.
+        laterality: "L", "R" or None (tag left out); view: "CC", "MLO" or None (tag left out); patient_id.
+        pixel_spacing_mm: spacing written for both axes, None for none.
+        film: write as digitized film.
     """
     import pydicom  # deferred: only this writer needs it
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-    # Digital Mammography X-Ray Image Storage - For Presentation
-    sop_class = "1.2.840.10008.5.1.4.1.1.1.2"
+    # Digital Mammography X-Ray Image Storage - For Presentation; Secondary Capture for scanned film
+    sop_class = "1.2.840.10008.5.1.4.1.1.7" if film else "1.2.840.10008.5.1.4.1.1.1.2"
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -310,8 +360,14 @@ def save_dicom_atomic(
     ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     ds.Modality, ds.PatientID = "MG", patient_id
-    ds.ImageLaterality, ds.ViewPosition = laterality, view
-    ds.PixelSpacing = [pixel_spacing_mm, pixel_spacing_mm]
+    if film:
+        ds.ConversionType = "DF"
+    if laterality:
+        setattr(ds, "Laterality" if film else "ImageLaterality", laterality)
+    if view:
+        ds.ViewPosition = view
+    if pixel_spacing_mm:
+        setattr(ds, "NominalScannedPixelSpacing" if film else "PixelSpacing", [pixel_spacing_mm, pixel_spacing_mm])
     ds.Rows, ds.Columns = image.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0

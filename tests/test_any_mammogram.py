@@ -1,0 +1,282 @@
+"""Any mammogram, no flags (issue 10): film or digital, pixel spacing, view and laterality decided per image from
+the file, the datalist or the pixels, and labels / film edges kept out of the model window.
+
+Every chain here is the default one (``default_preprocessing()``: film "auto", spacing "auto"), on the shared
+real files (NYU sample, CBIS-DDSM, mini-MIAS, mini-DDSM, CSAW-S, read from ``../shared``; skipped when absent)
+and on synthetic phantoms written as digital and as scanned-film DICOM.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pydicom
+import pytest
+import scipy.ndimage as ndi
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose, DeleteItemsd, LoadImaged
+from PIL import Image
+
+from glam_bundle.constants import MODEL_FRAME_SIZE, NYU_PIXEL_SPACING_MM
+from glam_bundle.data.builders import build_ddsm_items, build_mini_mias_items, ddsm_spacing_mm
+from glam_bundle.data.dicom_reader import dicom_film_hint, dicom_spacing
+from glam_bundle.data.phantom import as_scanned_film, make_phantom, save_dicom_atomic
+from glam_bundle.data.readers import MammogramReader
+from glam_bundle.transforms import BreastMaskd, OrientBreastd, ResampleToSpacingd, default_preprocessing
+from glam_bundle.transforms.breast.array import chest_wall_on_right, film_from_pixels
+from glam_bundle.transforms.spatial.array import map_to_model_frame
+from glam_bundle.transforms.utils import filename_view_laterality
+from tests.conftest import CBIS_DDSM, MINI_MIAS, NYU_SAMPLE, SHARED, require
+
+MINI_DDSM = SHARED / "data" / "mini_ddsm"
+CSAW_S = SHARED / "data" / "csaw_s" / "anonymized_dataset" / "004"
+# CSAW-S README: cancer bounding boxes (rows, cols) of the three views
+CSAW_CANCER_BOXES = {"004_0": (1369, 1458, 1921, 2033), "004_1": (1556, 1721, 1971, 2175), "004_2": (784, 968, 2172, 2348)}
+
+
+@pytest.fixture(scope="module")
+def chain() -> Compose:
+    """The default chain with no setting given, keeping the breast mask for the checks."""
+    return Compose([t for t in default_preprocessing().transforms if not isinstance(t, DeleteItemsd)])
+
+
+def _load(path) -> dict:
+    return LoadImaged("image", reader=MammogramReader(), image_only=True, ensure_channel_first=True)({"image": str(path)})
+
+
+def _faces_right(out: dict) -> bool:
+    return not chest_wall_on_right(out["breast_mask"][0].numpy())
+
+
+def _nothing_outside_the_breast(out: dict) -> bool:
+    """No label, marker or film edge in the window: every pixel outside the breast is the background (the
+    padding's value), and the breast is one piece."""
+    image, breast = out["image"][0], out["breast_mask"][0].bool()
+    _, pieces = ndi.label(breast.numpy())
+    return pieces == 1 and bool(torch.all(image[~breast] == image.min()))
+
+
+# ------------------------------------------------------------------------------------------ rules, unit level
+
+
+def test_dicom_film_hint_rules():
+    def ds(**tags):
+        d = pydicom.Dataset()
+        for key, value in tags.items():
+            setattr(d, key, value)
+        return d
+
+    mg, sc = "1.2.840.10008.5.1.4.1.1.1.2", "1.2.840.10008.5.1.4.1.1.7"
+    assert dicom_film_hint(ds(DetectorType="FILM")) == ("film", "dicom:DetectorType")
+    assert dicom_film_hint(ds(DetectorType="DIRECT", SOPClassUID=sc)) == ("digital", "dicom:DetectorType")
+    assert dicom_film_hint(ds(ConversionType="DF", Modality="MG")) == ("film", "dicom:ConversionType")
+    assert dicom_film_hint(ds(SOPClassUID=mg, Modality="MG")) == ("digital", "dicom:SOPClassUID")
+    assert dicom_film_hint(ds(PresentationIntentType="FOR PRESENTATION")) == ("digital", "dicom:PresentationIntentType")
+    assert dicom_film_hint(ds(SOPClassUID=sc, Manufacturer="Lumisys")) == ("film", "dicom:Manufacturer")
+    # a converted mammogram no X-ray unit wrote (CBIS-DDSM: SC, WSD, no exposure tags) vs an exported digital one
+    assert dicom_film_hint(ds(SOPClassUID=sc, Modality="MG", ConversionType="WSD")) == ("film", "dicom:ConversionType")
+    assert dicom_film_hint(ds(SOPClassUID=sc, Modality="MG", ConversionType="WSD", KVP=28)) == (
+        "digital",
+        "dicom:acquisition-tags",
+    )
+    assert dicom_film_hint(ds(Modality="MG")) == (None, None)  # says nothing: the pixels decide
+    assert dicom_spacing(ds(ImagerPixelSpacing=[0.07, 0.07], PixelSpacing=[0.065, 0.065])) == (
+        (0.07, 0.07),
+        "dicom:ImagerPixelSpacing",
+    )
+    assert dicom_spacing(ds(PixelSpacing=[0.1, 0.1])) == ((0.1, 0.1), "dicom:PixelSpacing")
+    assert dicom_spacing(ds(Modality="MG")) == (None, None)
+
+
+def test_view_and_laterality_in_file_names_of_common_datasets():
+    assert filename_view_laterality("C_0001_1.LEFT_CC.jpg") == ("CC", "L")  # mini-DDSM
+    assert filename_view_laterality("Mass-Test_P_00173_RIGHT_MLO.dcm") == ("MLO", "R")  # CBIS-DDSM
+    assert filename_view_laterality("0_L-CC.png") == ("CC", "L")  # NYU
+    assert filename_view_laterality("x/y/20586908_R_MLO.dcm") == ("MLO", "R")
+    assert filename_view_laterality("RMLO.png") == ("MLO", "R")
+    for name in ("004_0.png", "mdb001.pgm", "ACCESS_CC_DATA.png", "1.2.840.113.dcm"):
+        assert filename_view_laterality(name) == (None, None)
+
+
+def test_pixel_rule_film_or_digital():
+    rng = np.random.default_rng(0)
+    rows, cols = np.ogrid[:200, :150]
+    breast = ((rows - 100) / 85) ** 2 + (cols / 110) ** 2 < 1  # a half-ellipse at the chest wall
+    digital = np.where(breast, rng.uniform(300, 3000, (200, 150)), 0).astype(np.float32)
+    assert film_from_pixels(digital) == (False, "pixels:flat-background")
+    film = rng.normal(40, 5, (200, 150)).clip(1, None).astype(np.float32)
+    film[breast] += 1000
+    assert film_from_pixels(film) == (True, "pixels:no-flat-background")
+    padded = np.zeros((200, 250), np.float32)  # a film padded to a square: padding is not a background
+    padded[:, 50:200] = film
+    assert film_from_pixels(padded)[0] is True
+
+
+def test_no_spacing_is_said_once_and_recorded(caplog):
+    ResampleToSpacingd._warned_no_spacing = False
+    image = MetaTensor(torch.ones(1, 64, 48))
+    with caplog.at_level(logging.WARNING):
+        first = ResampleToSpacingd(pixel_spacing="auto")({"image": image})
+        second = ResampleToSpacingd(pixel_spacing="auto")({"image": MetaTensor(torch.ones(1, 64, 48))})
+    assert sum("No pixel spacing" in r.message for r in caplog.records) == 1
+    for out in (first, second):
+        assert out["image"].shape == (1, 64, 48) and out["image"].meta["spacing_source"] == "none"
+    item = ResampleToSpacingd(pixel_spacing="auto")({"image": MetaTensor(torch.ones(1, 64, 48)), "spacing_mm": [0.2, 0.1]})
+    assert item["image"].shape == (1, 128, 48) and item["image"].meta["spacing_source"] == "datalist"
+    assert "spacing_mm" not in item  # consumed: items with and without it collate
+    with pytest.raises(ValueError, match="spacing"):
+        ResampleToSpacingd(pixel_spacing="yes")
+
+
+# ------------------------------------------------------------------------------------------ phantoms as DICOM
+
+
+def test_digital_dicom_phantom_no_flags(chain, tmp_path):
+    # an MLO right breast at 0.2 mm without ViewPosition: DICOM says digital and the spacing, the image the view
+    phantom = make_phantom(1472, 960, view="MLO", laterality="R", lesions=("malignant",), rng=3)
+    path = save_dicom_atomic(phantom.image, tmp_path / "digital.dcm", "R", None, "p1", pixel_spacing_mm=0.2)
+    Image.fromarray(phantom.masks["malignant"] * 255).save(tmp_path / "malignant.png")
+    out = chain({"image": str(path), "mask_malignant": str(tmp_path / "malignant.png"), "malignant": 1})
+    meta = out["image"].meta
+    assert (meta["film"], meta["film_source"]) == (False, "dicom:SOPClassUID")
+    assert (meta["spacing_source"], meta["resample_factor"]) == ("dicom:PixelSpacing", [2.0, 2.0])
+    assert (meta["view"], meta["view_source"]) == ("MLO", "image")
+    assert (meta["laterality"], meta["laterality_source"]) == ("R", "dicom") and meta["flipped"]
+    assert _faces_right(out)
+    lesion, breast = out["mask"][1].bool(), out["breast_mask"][0].bool()
+    assert abs(int(lesion.sum()) - 4 * int(phantom.masks["malignant"].sum())) < 0.1 * 4 * phantom.masks["malignant"].sum()
+    assert bool(breast[lesion].all())
+    # physical size: the breast is as tall (mm) in the window as in the file
+    raw_rows = np.flatnonzero((phantom.image > 0).any(axis=1))
+    rows = torch.nonzero(breast.any(dim=1)).flatten()
+    assert abs((rows[-1] - rows[0] + 1) * NYU_PIXEL_SPACING_MM - (raw_rows[-1] - raw_rows[0] + 1) * 0.2) < 5.0
+
+
+def test_film_dicom_phantom_no_flags(chain, tmp_path):
+    phantom = make_phantom(1472, 960, view="CC", laterality="L", lesions=("benign",), rng=5)
+    film = as_scanned_film(phantom.image, rng=5)
+    # no laterality tag (the content orients it); ViewPosition given: the phantom's half-ellipse CC breast fills
+    # its chest-wall corner as an MLO does (coverage 0.95, real CC views 0.71-0.86), so the image rule is not
+    # asked here (the MLO phantom above and the real views test it)
+    path = save_dicom_atomic(film, tmp_path / "film.dcm", None, "CC", "p2", pixel_spacing_mm=0.2, film=True)
+    Image.fromarray(phantom.masks["benign"] * 255).save(tmp_path / "benign.png")
+    out = chain({"image": str(path), "mask_benign": str(tmp_path / "benign.png"), "benign": 1})
+    meta = out["image"].meta
+    assert (meta["film"], meta["film_source"]) == (True, "dicom:ConversionType")
+    assert (meta["spacing_source"], meta["resample_factor"]) == ("dicom:NominalScannedPixelSpacing", [2.0, 2.0])
+    assert (meta["view"], meta["view_source"]) == ("CC", "dicom")
+    assert meta["laterality"] == "none" and meta["orientation_rule"] == "content"
+    assert _faces_right(out) and _nothing_outside_the_breast(out)  # label block and film edge are gone
+    lesion, breast = out["mask"][0].bool(), out["breast_mask"][0].bool()
+    assert lesion.any() and bool(breast[lesion].all())
+    # the label block's centre, followed into the window, is background there
+    label = np.argwhere(film >= 3900)
+    centre = map_to_model_frame(meta, label.mean(axis=0)[None])[0]  # raw (row, col) -> window
+    row, col = int(round(centre[0])), int(round(centre[1]))
+    assert 0 <= row < MODEL_FRAME_SIZE[0] and 0 <= col < MODEL_FRAME_SIZE[1]  # the label's place is in the window
+    assert not breast[row, col] and out["image"][0, row, col] == out["image"].min()
+
+
+# ------------------------------------------------------------------------------------------ shared real files
+
+
+def test_nyu_sample_is_digital_without_spacing_and_not_resampled(chain):
+    out = chain({"image": str(require(NYU_SAMPLE / "images" / "0_R-CC.png"))})  # no view/laterality given
+    meta = out["image"].meta
+    assert (meta["film"], meta["film_source"]) == (False, "pixels:flat-background")
+    assert (meta["spacing_source"], meta["resample_factor"]) == ("none", [1.0, 1.0])
+    assert (meta["view"], meta["view_source"], meta["laterality"], meta["laterality_source"]) == ("CC", "filename", "R", "filename")
+    assert meta["flipped"] and _faces_right(out)
+
+
+def test_cbis_ddsm_film_from_dicom_without_labels_in_the_window(chain):
+    path = require(CBIS_DDSM / "Mass-Test_P_00820_LEFT_CC.dcm")
+    out = chain({"image": str(path)})
+    meta = out["image"].meta
+    assert (meta["film"], meta["film_source"]) == (True, "dicom:ConversionType")
+    assert (meta["laterality"], meta["laterality_source"], meta["view"], meta["view_source"]) == ("L", "dicom", "CC", "filename")
+    assert meta["spacing_source"] == "none"  # CBIS-DDSM files carry no spacing and do not name the digitiser
+    assert _faces_right(out) and _nothing_outside_the_breast(out)
+
+
+@pytest.mark.parametrize("ref", ["mdb001", "mdb184"])
+def test_mini_mias_from_its_builder_at_the_model_frame_size(chain, ref, tmp_path):
+    require(MINI_MIAS / "images" / f"{ref}.pgm")
+    items = build_mini_mias_items(MINI_MIAS / "Info.txt", MINI_MIAS / "images", tmp_path).items
+    item = next(i for i in items if i["image"].endswith(f"{ref}.pgm"))
+    out = chain(dict(item))
+    meta = out["image"].meta
+    assert (meta["film"], meta["film_source"], meta["spacing_source"]) == (True, "datalist", "datalist")
+    assert meta["resample_factor"] == [2.0, 2.0]
+    assert _faces_right(out) and _nothing_outside_the_breast(out)
+    # the breast has its physical size: raw film-mask height x 0.2 mm == window height x 0.1 mm (within 1 %)
+    raw = BreastMaskd(method="film")(_load(item["image"]) | {"laterality": item["laterality"]})["breast_mask"][0]
+    raw_rows = torch.nonzero(raw.any(dim=1)).flatten()
+    rows = torch.nonzero(out["breast_mask"][0].any(dim=1)).flatten()
+    raw_mm, window_mm = float(raw_rows[-1] - raw_rows[0] + 1) * 0.2, float(rows[-1] - rows[0] + 1) * NYU_PIXEL_SPACING_MM
+    assert abs(raw_mm - window_mm) < 0.01 * raw_mm + 0.5
+    lesion = out["mask"].bool().any(dim=0)
+    assert lesion.any() and bool(out["breast_mask"][0][lesion].float().mean() > 0.9)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["Benign/0029/C_0029_1.LEFT_CC.jpg", "Cancer/0001/C_0001_1.RIGHT_MLO.jpg", "Cancer/0002/C_0002_1.LEFT_CC.jpg"],
+)
+def test_mini_ddsm_jpeg_film_no_flags(chain, name):
+    path = require(MINI_DDSM / name)
+    # a bare file: the pixels say film, the name says view and laterality
+    bare = chain({"image": str(path)})
+    meta = bare["image"].meta
+    assert (meta["film"], meta["film_source"]) == (True, "pixels:no-flat-background")
+    assert meta["view_source"] == meta["laterality_source"] == "filename"
+    assert _faces_right(bare) and _nothing_outside_the_breast(bare)
+    # film-edge strips are not breast: the crop does not run along the film's whole height
+    assert meta["crop_box"][1] - meta["crop_box"][0] < 0.95 * meta["spatial_shape"][0]
+    # through its builder: spacing from the case's .ics (where there is one), outline masks filled
+    item = next(i for i in build_ddsm_items(path.parent).items if i["image"] == str(path))
+    out = chain(dict(item))
+    found = ddsm_spacing_mm(path)
+    assert out["image"].meta["spacing_source"] == ("datalist" if found else "none")
+    lesion = out["mask"].bool().any(dim=0)
+    if "mask_benign" in item or "mask_malignant" in item:
+        breast, image = out["breast_mask"][0].bool(), out["image"][0]
+        assert int(lesion.sum()) > 1000 and bool(breast[lesion].float().mean() > 0.95)  # a filled region
+        assert float(image[lesion].mean()) > float(image[breast].mean())  # on the (brighter) lesion
+
+
+@pytest.mark.parametrize("name", ["004_0", "004_2"])
+def test_csaw_s_digital_png_with_cancer_mask(chain, name):
+    path = require(CSAW_S / f"{name}.png")
+    cancer = CSAW_S / f"{name}_cancer.png"
+    raw = np.asarray(Image.open(cancer)) > 0
+    rows, cols = np.flatnonzero(raw.any(axis=1)), np.flatnonzero(raw.any(axis=0))
+    assert (rows[0], rows[-1], cols[0], cols[-1]) == CSAW_CANCER_BOXES[name]  # the README's box
+    out = chain({"image": str(path), "mask_malignant": str(cancer), "malignant": 1})
+    meta = out["image"].meta
+    assert (meta["film"], meta["film_source"], meta["spacing_source"]) == (False, "pixels:flat-background", "none")
+    assert meta["view"] == ("MLO" if name == "004_0" else "CC") and meta["view_source"] == "image"  # 004_0 reads RMLO
+    assert meta["flipped"] and _faces_right(out)  # right breasts
+    lesion, breast = out["mask"][1].bool(), out["breast_mask"][0].bool()
+    assert int(lesion.sum()) == int(raw.sum()) and bool(breast[lesion].all())
+    corners = map_to_model_frame(meta, np.array([[rows[0], cols[0]], [rows[-1], cols[-1]]], dtype=float))
+    got = torch.nonzero(lesion)
+    assert {int(got[:, 0].min()), int(got[:, 0].max())} == {int(round(c)) for c in corners[:, 0]}
+
+
+def test_view_from_the_image_agrees_with_the_names():
+    """Pectoral muscle in the chest-wall top corner => MLO, on images whose names are hidden from the rule."""
+    names = [
+        "Benign/0029/C_0029_1.LEFT_CC.jpg", "Benign/0029/C_0029_1.LEFT_MLO.jpg",
+        "Benign/0033/C_0033_1.RIGHT_CC.jpg", "Benign/0033/C_0033_1.RIGHT_MLO.jpg",
+        "Cancer/0001/C_0001_1.RIGHT_CC.jpg", "Cancer/0001/C_0001_1.LEFT_MLO.jpg",
+    ]
+    for name in names:
+        item = _load(require(MINI_DDSM / name))
+        item["image"].meta["filename_or_obj"] = "hidden.jpg"
+        item = BreastMaskd(method="auto")(item)
+        out = OrientBreastd(keys=("image", "breast_mask"))(item)
+        assert out["image"].meta["view_source"] == "image"
+        assert out["view"] == filename_view_laterality(name)[0], name
