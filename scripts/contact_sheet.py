@@ -78,7 +78,7 @@ def tile_title(item: dict, out: dict | None) -> str:
 def draw_tile(axis, item: dict, out: dict | None, error: str | None, factor: int) -> None:
     axis.set_xticks([])
     axis.set_yticks([])
-    axis.set_title(tile_title(item, out), fontsize=7)
+    axis.set_title(tile_title(item, out), fontsize=6)
     if out is None:
         axis.text(0.5, 0.5, error or "failed", ha="center", va="center", wrap=True, fontsize=6, color="red",
                   transform=axis.transAxes)
