@@ -112,6 +112,28 @@ def test_pixel_rule_film_or_digital():
     padded = np.zeros((200, 250), np.float32)  # a film padded to a square: padding is not a background
     padded[:, 50:200] = film
     assert film_from_pixels(padded)[0] is True
+    # a film whose dark background the scanner clipped to 0: flat, but its edge follows the noise
+    clipped = np.where(breast, film, np.clip(rng.normal(0, 3, film.shape), 0, None)).round().astype(np.float32)
+    assert film_from_pixels(clipped) == (True, "pixels:ragged-background")
+    assert film_from_pixels(clipped, lossy=True) == (False, "pixels:flat-background")  # JPEG rings: not trusted
+
+
+@pytest.mark.parametrize("ref", ["mdb001", "mdb244"])
+def test_bare_mini_mias_pgm_is_film_by_its_pixels(ref):
+    item = BreastMaskd(method="auto")(_load(require(MINI_MIAS / "images" / f"{ref}.pgm")))
+    assert item["image"].meta["film"] is True
+    assert item["image"].meta["film_source"] in ("pixels:no-flat-background", "pixels:ragged-background")
+
+
+def test_digital_saved_as_jpeg_stays_digital(tmp_path):
+    """JPEG ringing makes the flat background's edge ragged: the ragged-edge rule is not used on lossy files."""
+    plane = _load(require(NYU_SAMPLE / "images" / "0_L-CC.png"))["image"][0].numpy()
+    path = tmp_path / "exported.jpg"
+    Image.fromarray((plane / plane.max() * 255).round().astype(np.uint8)).save(path, quality=85)
+    item = _load(path)
+    assert item["image"].meta["lossy_compression"] is True
+    item = BreastMaskd(method="auto")(item)
+    assert (item["image"].meta["film"], item["image"].meta["film_source"]) == (False, "pixels:flat-background")
 
 
 def test_no_spacing_is_said_once_and_recorded(caplog):

@@ -128,6 +128,7 @@ class MammogramDicomReader(PydicomReader):
         spacing, spacing_source = dicom_spacing(img)
         metadata["file_spacing_mm"] = list(spacing) if spacing else [0.0, 0.0]
         metadata["file_spacing_source"] = missing_meta(spacing_source)
+        metadata["lossy_compression"] = _dicom_lossy(img)
         return metadata
 
     def _get_affine(self, metadata: dict, lps_to_ras: bool = True) -> np.ndarray:
@@ -240,3 +241,19 @@ def dicom_spacing(ds) -> tuple[tuple[float, float] | None, str | None]:
         if len(values) >= 2 and all(np.isfinite(v) and v > 0 for v in values[:2]):
             return (values[0], values[1]), f"dicom:{keyword}"
     return None, None
+
+
+# Transfer syntaxes that lose information: JPEG baseline/extended, JPEG-LS near-lossless, JPEG 2000 and
+# HTJ2K (lossy or lossless-or-lossy variants).
+_LOSSY_TRANSFER_SYNTAXES = (
+    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.4.203",
+)
+
+
+def _dicom_lossy(ds) -> bool:
+    """Has the image been through lossy compression (LossyImageCompression "01", or a lossy transfer syntax)?"""
+    if str(ds.get("LossyImageCompression", "") or "").strip() == "01":
+        return True
+    syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+    return syntax in _LOSSY_TRANSFER_SYNTAXES

@@ -67,7 +67,9 @@ __all__ = [
 
 
 
-_FILE_HINT_KEYS = ("film_hint", "film_hint_source", "file_spacing_mm", "file_spacing_source")
+_FILE_HINT_KEYS = ("film_hint", "film_hint_source", "file_spacing_mm", "file_spacing_source", "lossy_compression")
+# PIL formats whose compression alters pixel values (ringing along edges): the film pixel rule needs to know.
+_LOSSY_PIL_FORMATS = ("JPEG", "MPO", "JPEG2000", "WEBP")
 
 
 @dataclass
@@ -209,10 +211,11 @@ class MammogramReader(ImageReader):
         reader = self._backend("pil")
         image = reader.read(path)
         try:
+            lossy = str(getattr(image, "format", "") or "").upper() in _LOSSY_PIL_FORMATS
             array, _ = reader.get_data(image)  # decodes the pixels: truncation shows up here
         finally:
             image.close()
-        return array, {"source_format": "PIL"}
+        return array, {"source_format": "PIL", "lossy_compression": lossy}
 
     def _decode_dicom(self, path: str) -> tuple[np.ndarray, dict]:
         reader = self._backend("dicom")
@@ -290,4 +293,5 @@ class MammogramReader(ImageReader):
             "film_hint_source": item.meta.get("film_hint_source", missing_meta(None)),
             "file_spacing_mm": list(item.meta.get("file_spacing_mm", [0.0, 0.0])),
             "file_spacing_source": item.meta.get("file_spacing_source", missing_meta(None)),
+            "lossy_compression": bool(item.meta.get("lossy_compression", False)),
         }

@@ -13,6 +13,7 @@ __all__ = [
     "chest_wall_on_right",
     "remove_thin_strips",
     "flat_background_fraction",
+    "ragged_background_specks",
     "film_from_pixels",
     "chest_wall_corner_coverage",
     "view_from_image",
@@ -210,25 +211,53 @@ def flat_background_fraction(image: np.ndarray, padding: float = 0.95) -> float:
     return float(np.mean(flat[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]))
 
 
-def film_from_pixels(image: np.ndarray, min_flat_background: float = 0.02) -> tuple[bool, str]:
+def ragged_background_specks(image: np.ndarray, speck: int = 20) -> float:
+    """Specks along the flat background's edge: components of at most ``speck`` pixels of the flat region
+    (pixels exactly at the minimum) or of the rest, per 1000 pixels of the flat region's edge."""
+    image = np.asarray(image)
+    flat = image == image.min()
+    edge = int((flat ^ ndi.binary_erosion(flat)).sum())
+    if edge == 0:
+        return 0.0
+    specks = 0
+    for region in (flat, ~flat):
+        labels, count = ndi.label(region)
+        if count:
+            sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+            specks += int((sizes <= speck).sum())
+    return 1000.0 * specks / edge
+
+
+def film_from_pixels(
+    image: np.ndarray, min_flat_background: float = 0.02, max_specks: float = 20.0, lossy: bool = False
+) -> tuple[bool, str]:
     """Film or digital from the pixels alone, for files that say nothing (PNG/JPEG/PGM exports).
 
-    A digital mammogram "for presentation" has a constant background: the unit sets every pixel outside the
-    breast (and outside the collimation) to one value, so a sizeable share of the image holds exactly the
-    minimum. A scanned film has no such region: the film base, fog, film edges and the scanner's noise give
-    every background pixel its own value. Rule: less than ``min_flat_background`` (2 %) of the pixels inside
-    the padding (:func:`flat_background_fraction`) at the exact minimum -> film ("pixels:no-flat-background"),
-    else digital ("pixels:flat-background"). On the shared sets: every mini-DDSM JPEG 0.000 and 11 of the
-    24 mini-MIAS PGMs 0.000-0.003 once their padding is set aside (film); NYU 0.31-0.32, CSAW-S 0.27-0.72
-    (digital). A film whose background the scanner clipped to 0 (the other 13 mini-MIAS images 0.04-0.34,
-    CBIS-DDSM 0.65) looks digital to this rule: their DICOM tags or the dataset's builder say film; without
-    them the original breast rule is used (breast found, labels not suppressed).
+    A digital mammogram "for presentation" has a constant background that the unit's software draws: every
+    pixel outside the breast (and outside the collimation) is set to one value along a clean curve. A scanned
+    film has no such region -- film base, fog, film edges and scanner noise give every background pixel its
+    own value -- or, where the scanner clipped the dark film to 0, a flat region whose edge follows the film's
+    noise: ragged, with islands of specks on both sides. Rules, in order:
+
+    1. less than ``min_flat_background`` (2 %) of the pixels inside the padding
+       (:func:`flat_background_fraction`) at the exact minimum -> film ("pixels:no-flat-background");
+    2. only for losslessly stored images (not ``lossy``): more than ``max_specks`` (20) specks per 1000 edge
+       pixels of the flat region (:func:`ragged_background_specks`) -> film ("pixels:ragged-background");
+    3. else digital ("pixels:flat-background").
+
+    On the shared sets: rule 1 -- every mini-DDSM JPEG 0.000 and 11 of the 24 mini-MIAS PGMs 0.000-0.003 once
+    their padding is set aside (NYU 0.31-0.32, CSAW-S 0.27-0.72); rule 2 -- the other 13 mini-MIAS PGMs 39-143
+    specks and CBIS-DDSM 262-301 (NYU 0, CSAW-S 0-9.2). JPEG ringing makes any edge ragged (NYU and CSAW-S
+    saved as JPEG: 25-102), hence rule 2 is skipped for lossy files (the reader's ``lossy_compression``), and
+    a clipped film stored as JPEG is taken for digital -- DICOM tags and the datalist's ``film`` come first.
 
     Returns:
         (film, source).
     """
     if flat_background_fraction(image) < min_flat_background:
         return True, "pixels:no-flat-background"
+    if not lossy and ragged_background_specks(image) > max_specks:
+        return True, "pixels:ragged-background"
     return False, "pixels:flat-background"
 
 

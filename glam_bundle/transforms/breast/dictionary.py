@@ -76,7 +76,8 @@ class BreastMaskd(MapTransform):
         ``method`` "film"/"original" -> "setting". With "auto": the item's ``"film"`` (true/false,
         "datalist"), else what the reader found in the file (``film_hint`` meta: DICOM DetectorType,
         ConversionType, SOP class, PresentationIntentType, digitiser manufacturer; source e.g.
-        "dicom:ConversionType"), else the pixels (:func:`film_from_pixels`).
+        "dicom:ConversionType"), else the pixels (:func:`film_from_pixels`, told whether the file was stored
+        with lossy compression).
         """
         if self.method != "auto":
             return self.method == "film", "setting"
@@ -87,7 +88,7 @@ class BreastMaskd(MapTransform):
         hint = str(meta.get("film_hint", "none")).lower()
         if hint in ("film", "digital"):
             return hint == "film", str(meta.get("film_hint_source", "dicom"))
-        return film_from_pixels(plane)
+        return film_from_pixels(plane, lossy=bool(meta.get("lossy_compression", False)))
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
