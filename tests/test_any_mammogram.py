@@ -88,6 +88,21 @@ def test_dicom_film_hint_rules():
     )
     assert dicom_spacing(ds(PixelSpacing=[0.1, 0.1])) == ((0.1, 0.1), "dicom:PixelSpacing")
     assert dicom_spacing(ds(Modality="MG")) == (None, None)
+    assert dicom_spacing(ds(PixelSpacing=[1, 1])) == (None, None)  # a placeholder, not a mammogram's pitch
+
+
+def test_nifti_spacing_is_used_when_it_is_a_mammogram_pitch(tmp_path):
+    import nibabel as nib
+
+    plane = np.zeros((64, 48), np.float32)
+    plane[10:50, :30] = 1.0
+    nib.save(nib.Nifti1Image(plane, np.diag([0.2, 0.2, 1.0, 1.0])), tmp_path / "pitch.nii.gz")
+    nib.save(nib.Nifti1Image(plane, np.eye(4)), tmp_path / "placeholder.nii.gz")
+    reader = MammogramReader(min_size=0)
+    _, meta = reader.get_data(reader.read(str(tmp_path / "pitch.nii.gz")))
+    assert np.allclose(meta["file_spacing_mm"], [0.2, 0.2]) and meta["file_spacing_source"] == "nifti:pixdim"
+    _, meta = reader.get_data(reader.read(str(tmp_path / "placeholder.nii.gz")))
+    assert meta["file_spacing_source"] == "none"  # 1 mm: not a mammogram's pitch
 
 
 def test_view_and_laterality_in_file_names_of_common_datasets():

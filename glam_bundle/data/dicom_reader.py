@@ -14,7 +14,7 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from glam_bundle.data.errors import BadInputError
 from glam_bundle.data.image_checks import DeferredError, check_file, format_exception, is_dicom_file, missing_meta
 
-__all__ = ["MammogramDicomReader", "dicom_film_hint", "dicom_spacing"]
+__all__ = ["MammogramDicomReader", "dicom_film_hint", "dicom_spacing", "plausible_mammogram_spacing"]
 
 # SOP classes of images acquired by an X-ray unit (digital mammography, digital X-ray, computed radiography,
 # breast tomosynthesis and its projections): the pixels come from a detector, not from a film scanner.
@@ -230,7 +230,8 @@ def dicom_spacing(ds) -> tuple[tuple[float, float] | None, str | None]:
     """Pixel spacing (row, column) in mm and the tag it came from, or ``(None, None)``.
 
     ImagerPixelSpacing (the detector pitch, what the model frame's 0.1 mm refers to) first, then PixelSpacing,
-    then the Nominal Scanned Pixel Spacing (0018,2010) of secondary captures such as scanned film.
+    then the Nominal Scanned Pixel Spacing (0018,2010) of secondary captures such as scanned film; a value
+    outside :func:`plausible_mammogram_spacing` is skipped.
     """
     for keyword in ("ImagerPixelSpacing", "PixelSpacing", "NominalScannedPixelSpacing"):
         value = ds.get(keyword)
@@ -238,9 +239,16 @@ def dicom_spacing(ds) -> tuple[tuple[float, float] | None, str | None]:
             values = [float(v) for v in value] if value is not None else []
         except (TypeError, ValueError):
             continue
-        if len(values) >= 2 and all(np.isfinite(v) and v > 0 for v in values[:2]):
+        if len(values) >= 2 and all(plausible_mammogram_spacing(v) for v in values[:2]):
             return (values[0], values[1]), f"dicom:{keyword}"
     return None, None
+
+
+def plausible_mammogram_spacing(value: float) -> bool:
+    """Is ``value`` (mm) a pixel pitch a mammogram can have? Detectors and film digitisers are 0.025-0.2 mm;
+    0.01-0.5 mm is accepted (downscaled copies included). Placeholders such as 1 (a Secondary Capture's or a
+    converted PNG's default) are not."""
+    return bool(np.isfinite(value) and 0.01 <= value <= 0.5)
 
 
 # Transfer syntaxes that lose information: JPEG baseline/extended, JPEG-LS near-lossless, JPEG 2000 and

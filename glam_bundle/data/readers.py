@@ -45,7 +45,7 @@ from monai.data.utils import affine_to_spacing
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
 from glam_bundle.constants import DICOM_SUFFIXES, ITK_SUFFIXES, NIFTI_SUFFIXES, PIL_SUFFIXES
-from glam_bundle.data.dicom_reader import MammogramDicomReader
+from glam_bundle.data.dicom_reader import MammogramDicomReader, plausible_mammogram_spacing
 from glam_bundle.data.errors import BadInputError
 from glam_bundle.data.image_checks import (
     DeferredError,
@@ -105,6 +105,15 @@ def _itk_affine_to_row_col(affine: np.ndarray) -> np.ndarray:
     affine = _uniform_affine(affine)
     affine[:, [0, 1]] = affine[:, [1, 0]]
     return affine
+
+
+def _affine_spacing_hint(affine: np.ndarray, source: str) -> dict:
+    """The (row, col) spacing of a NIfTI/ITK affine as the file's spacing when it is a plausible mammogram
+    pitch (a converted PNG's placeholder 1 mm is not); nothing otherwise."""
+    spacing = [float(v) for v in affine_to_spacing(affine, r=2)]
+    if all(plausible_mammogram_spacing(v) for v in spacing):
+        return {"file_spacing_mm": spacing, "file_spacing_source": source}
+    return {}
 
 
 def _squeeze_trailing_singletons(array: np.ndarray) -> np.ndarray:
@@ -232,9 +241,11 @@ class MammogramReader(ImageReader):
     def _decode_nifti(self, path: str) -> tuple[np.ndarray, dict]:
         reader = self._backend("nifti")
         array, header = reader.get_data(reader.read(path))
+        affine = _uniform_affine(header[MetaKeys.AFFINE])
         return _squeeze_trailing_singletons(np.asarray(array)), {
             "source_format": "NIfTI",
-            MetaKeys.AFFINE: _uniform_affine(header[MetaKeys.AFFINE]),
+            MetaKeys.AFFINE: affine,
+            **_affine_spacing_hint(affine, "nifti:pixdim"),
         }
 
     def _decode_itk(self, path: str) -> tuple[np.ndarray, dict]:
@@ -244,9 +255,11 @@ class MammogramReader(ImageReader):
         if image.GetNumberOfComponentsPerPixel() == 1 and array.ndim == 3 and array.shape[0] == 1:
             array = array[0]  # (z=1, H, W) -> (H, W)
         # ITKReader returns a view into the ITK image's buffer, freed with `image`: copy it out.
+        affine = _itk_affine_to_row_col(header[MetaKeys.AFFINE])
         return np.array(array, copy=True), {
             "source_format": "ITK",
-            MetaKeys.AFFINE: _itk_affine_to_row_col(header[MetaKeys.AFFINE]),
+            MetaKeys.AFFINE: affine,
+            **_affine_spacing_hint(affine, "itk:spacing"),
         }
 
     def get_data(self, img) -> tuple[np.ndarray, dict]:
