@@ -24,7 +24,13 @@ from glam_bundle.data.builders import build_ddsm_items, build_mini_mias_items, d
 from glam_bundle.data.dicom_reader import dicom_film_hint, dicom_spacing
 from glam_bundle.data.phantom import as_scanned_film, make_phantom, save_dicom_atomic
 from glam_bundle.data.readers import MammogramReader
-from glam_bundle.transforms import BreastMaskd, OrientBreastd, ResampleToSpacingd, default_preprocessing
+from glam_bundle.transforms import (
+    BreastMaskd,
+    OrientBreastd,
+    ResampleToSpacingd,
+    default_preprocessing,
+    frame_transforms,
+)
 from glam_bundle.transforms.breast.array import chest_wall_on_right, film_from_pixels
 from glam_bundle.transforms.spatial.array import map_to_model_frame
 from glam_bundle.transforms.utils import filename_view_laterality
@@ -165,6 +171,9 @@ def test_no_spacing_is_said_once_and_recorded(caplog):
     assert "spacing_mm" not in item  # consumed: items with and without it collate
     with pytest.raises(ValueError, match="spacing"):
         ResampleToSpacingd(pixel_spacing="yes")
+    with pytest.raises(ValueError, match="spacing"):
+        frame_transforms(spacing="0.2mm")
+    assert not any(isinstance(t, ResampleToSpacingd) for t in frame_transforms(spacing="none"))
 
 
 # ------------------------------------------------------------------------------------------ phantoms as DICOM

@@ -101,9 +101,12 @@ def frame_transforms(film: bool | str = "auto", spacing: float | Sequence[float]
             "true"/"false"/"auto" are accepted; anything else is a ValueError naming ``film``.
         spacing: "auto" (default): each image is resampled to the model frame's spacing from its item's
             ``"spacing_mm"`` or its DICOM (Imager)PixelSpacing, and left as it is when neither is known; a
-            number or (row, col) pair in mm: used for every image; None: no resampling step.
+            number or (row, col) pair in mm: used for every image; None (or "none"): no resampling step.
+            Anything else is a ValueError naming ``spacing``.
     """
     film = parse_film(film, "film")
+    if isinstance(spacing, str) and spacing.strip().lower() in ("none", "null"):
+        spacing = None  # as a command line gives it
     transforms: list = []
     if spacing is not None:
         transforms.append(ResampleToSpacingd(keys=(IMAGE_KEY, "mask"), pixel_spacing=spacing))
