@@ -144,6 +144,10 @@ def test_bare_mini_mias_pgm_is_film_by_its_pixels(ref):
     item = BreastMaskd(method="auto")(_load(require(MINI_MIAS / "images" / f"{ref}.pgm")))
     assert item["image"].meta["film"] is True
     assert item["image"].meta["film_source"] in ("pixels:no-flat-background", "pixels:ragged-background")
+    out = OrientBreastd(keys=("image", "breast_mask"))(item)
+    meta = out["image"].meta
+    assert (meta["view"], meta["view_source"]) == ("MLO", "image")  # every MIAS image is an MLO
+    assert (meta["laterality"], meta["laterality_source"]) == ("R" if int(ref[3:]) % 2 else "L", "image")
 
 
 def test_digital_saved_as_jpeg_stays_digital(tmp_path):
@@ -213,7 +217,7 @@ def test_film_dicom_phantom_no_flags(chain, tmp_path):
     assert (meta["film"], meta["film_source"]) == (True, "dicom:ConversionType")
     assert (meta["spacing_source"], meta["resample_factor"]) == ("dicom:NominalScannedPixelSpacing", [2.0, 2.0])
     assert (meta["view"], meta["view_source"]) == ("CC", "dicom")
-    assert meta["laterality"] == "none" and meta["orientation_rule"] == "content"
+    assert (meta["laterality"], meta["laterality_source"], meta["orientation_rule"]) == ("L", "image", "content")
     assert _faces_right(out) and _nothing_outside_the_breast(out)  # label block and film edge are gone
     lesion, breast = out["mask"][0].bool(), out["breast_mask"][0].bool()
     assert lesion.any() and bool(breast[lesion].all())
@@ -304,7 +308,8 @@ def test_csaw_s_digital_png_with_cancer_mask(chain, name):
     meta = out["image"].meta
     assert (meta["film"], meta["film_source"], meta["spacing_source"]) == (False, "pixels:flat-background", "none")
     assert meta["view"] == ("MLO" if name == "004_0" else "CC") and meta["view_source"] == "image"  # 004_0 reads RMLO
-    assert meta["flipped"] and _faces_right(out)  # right breasts
+    assert meta["flipped"] and _faces_right(out)  # right breasts, named so by the image
+    assert (meta["laterality"], meta["laterality_source"]) == ("R", "image")
     lesion, breast = out["mask"][1].bool(), out["breast_mask"][0].bool()
     assert int(lesion.sum()) == int(raw.sum()) and bool(breast[lesion].all())
     corners = map_to_model_frame(meta, np.array([[rows[0], cols[0]], [rows[-1], cols[-1]]], dtype=float))

@@ -233,7 +233,8 @@ def test_orient_laterality_from_reader_meta_and_content_rule():
     for plane, expect_flip in ((right_wall, True), (breast_plane(chest_wall="left"), False)):
         out = OrientBreastd(keys="image")({"image": meta_image(plane, laterality="none")})
         assert out["image"].meta["flipped"] is expect_flip and out["image"].meta["orientation_rule"] == "content"
-        assert out["laterality"] == "none"
+        # the chest wall's side names the breast when nothing else does
+        assert out["laterality"] == ("R" if expect_flip else "L") and out["image"].meta["laterality_source"] == "image"
     # mode "auto" ignores a (wrong) laterality
     out = OrientBreastd(keys="image", mode="auto")({"image": meta_image(right_wall), "laterality": "L"})
     assert out["image"].meta["flipped"] and out["image"].meta["orientation_rule"] == "content"

@@ -87,7 +87,9 @@ class OrientBreastd(_GeometryMapTransform):
     (:func:`chest_wall_on_right` on ``breast_mask_key``, or on pixel > 0 when there is no breast mask).
 
     Laterality and view come from the item ("datalist"), the reader's DICOM tags ("dicom") or the file name
-    of the common datasets ("filename": ``LEFT_CC``, ``_L_MLO``, ``L-CC``, ``RMLO``); an unknown view is
+    of the common datasets ("filename": ``LEFT_CC``, ``_L_MLO``, ``L-CC``, ``RMLO``); an unknown laterality
+    is the side of the chest wall found by the content rule ("image"; not in ``mode="auto"``, which ignores
+    laterality and keeps what the sources say, "none" when nothing does); an unknown view is
     read from the image (:func:`view_from_image`: pectoral muscle in the chest-wall top corner => MLO,
     "image") when there is a breast mask and ``view_from_image``, else ``default_view`` ("default").
 
@@ -132,6 +134,10 @@ class OrientBreastd(_GeometryMapTransform):
             side = "right" if chest_wall_on_right(reference) else "left"
         flipped = side == "right"
         laterality, laterality_source = laterality_with_source(d, image)
+        if laterality is None and rule == "content" and self.mode == "laterality":
+            # nothing names the breast: the side of its chest wall does (horizontal_flip 'YES' mirrors it)
+            mirrored = str(d.get(self.flip_key, "NO")).upper() == "YES"
+            laterality, laterality_source = ("R" if (side == "right") != mirrored else "L"), "image"
         laterality, laterality_source = laterality or "none", laterality_source or "none"
         view, view_source = view_with_source(d, image)
         if view is None:
