@@ -2,7 +2,8 @@
 ``monai.transforms``): array-level functions in ``<family>/array.py``, dictionary transforms in
 ``<family>/dictionary.py``.
 
-- ``breast``: breast foreground masks and the chest-wall side (:class:`BreastMaskd`).
+- ``breast``: film or digital per image, breast foreground masks, the chest-wall side and the view read from the
+  image (:class:`BreastMaskd`).
 - ``spatial``: orientation, breast crop, best-centre window and its training noise, resampling to the NYU
   scale, and the map from raw-image points into the model frame.
 - ``label``: image-level labels and stacked lesion masks (:class:`MakeLabeld`, :class:`StackMasksd`).
@@ -24,10 +25,13 @@ from glam_bundle.data.cache import allow_cached_meta, make_cached_dataset, trans
 from glam_bundle.transforms.breast.array import (
     chest_wall_on_right,
     film_breast_mask,
+    film_from_pixels,
     original_breast_mask,
     otsu_threshold,
+    remove_thin_strips,
+    view_from_image,
 )
-from glam_bundle.transforms.breast.dictionary import BreastMaskd
+from glam_bundle.transforms.breast.dictionary import BreastMaskd, parse_film
 from glam_bundle.transforms.chain import (
     default_preprocessing,
     finish_transforms,
@@ -35,7 +39,7 @@ from glam_bundle.transforms.chain import (
     load_transforms,
     window_transforms,
 )
-from glam_bundle.transforms.label.dictionary import MakeLabeld, StackMasksd
+from glam_bundle.transforms.label.dictionary import MakeLabeld, StackMasksd, fill_outline
 from glam_bundle.transforms.post.dictionary import SelectOutputsd
 from glam_bundle.transforms.spatial.array import best_center, crop_geometry, map_to_model_frame, window_geometry
 from glam_bundle.transforms.spatial.dictionary import (
@@ -61,6 +65,11 @@ __all__ = [
     "film_breast_mask",
     "otsu_threshold",
     "chest_wall_on_right",
+    "film_from_pixels",
+    "remove_thin_strips",
+    "view_from_image",
+    "parse_film",
+    "fill_outline",
     "crop_geometry",
     "best_center",
     "window_geometry",
