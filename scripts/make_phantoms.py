@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--malignant", type=float, default=0.3, help="share of breasts with a malignant lesion")
     parser.add_argument("--two_views", action="store_true", help="image every breast in CC and MLO")
     parser.add_argument("--format", choices=("png", "dicom"), default="png", help="image file format (masks: PNG)")
+    parser.add_argument("--lesion_scale", type=float, default=1.0, help="lesion size relative to the default")
+    parser.add_argument("--contrast_scale", type=float, default=1.0, help="lesion contrast relative to the default")
     parser.add_argument(
         "--fractions", type=float, nargs=3, default=(0.7, 0.1, 0.2), metavar=("TRAIN", "VAL", "TEST"),
         help="training/validation/test shares of the patients (default 0.7 0.1 0.2)",
@@ -48,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         two_views=args.two_views,
         fractions=dict(zip(SPLITS, args.fractions)),
         image_format=args.format,
+        lesion_scale=args.lesion_scale,
+        contrast_scale=args.contrast_scale,
     )
     counts = ", ".join(f"{name} {len(load_datalist(path, name))}" for name in SPLITS)
     print(f"{path}: {counts} items")

@@ -107,3 +107,22 @@ def test_inference_config_parses_alone_from_another_working_directory(tmp_path, 
     assert tuple(item["image"].shape) == (1, 736, 480)
     for name in ("network_def", "inferer", "postprocessing", "evaluator"):
         assert parser.get_parsed_content(name) is not None
+
+
+def test_train_json_runs_its_stages_from_the_command_line(tmp_path):
+    """configs/train.json alone, as MONAI Label and users run it (here with no stage, to test the wiring only)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIG_DIR / "train.json"),
+         "--meta_file", str(CONFIG_DIR / "metadata.json"), "--stages", "[]", "--bundle_root", str(REPO_ROOT)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    unknown = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIG_DIR / "train.json"),
+         "--meta_file", str(CONFIG_DIR / "metadata.json"), "--stages", "['globl']", "--bundle_root", str(REPO_ROOT)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert unknown.returncode != 0 and "unknown stage" in unknown.stderr

@@ -107,8 +107,21 @@ class _Lesion(NamedTuple):
     kind: str
 
 
-def _lesion_extent(kind: str, height: int, rng: np.random.Generator) -> tuple[float, dict]:
-    """Draw a lesion's shape parameters; returns its bounding radius and the parameters."""
+def _lesion_extent(
+    kind: str, height: int, rng: np.random.Generator, size_scale: float = 1.0, contrast_scale: float = 1.0
+) -> tuple[float, dict]:
+    """Draw a lesion's shape parameters; returns its bounding radius and the parameters.
+
+    Sizes are fractions of the image height (times ``size_scale``); contrasts are 12-bit intensity steps (times
+    ``contrast_scale``).
+    """
+    height = height * size_scale
+    extent, params = _lesion_shape(kind, height, rng)
+    params["contrast"] = params["contrast"] * contrast_scale
+    return extent, params
+
+
+def _lesion_shape(kind: str, height: float, rng: np.random.Generator) -> tuple[float, dict]:
     if kind == "benign_mass":
         semi_major = height * rng.uniform(0.022, 0.034)
         params = dict(
@@ -206,6 +219,8 @@ def make_phantom(
     laterality: str = "L",
     lesions: Sequence[str] = (),
     rng: np.random.Generator | int | None = None,
+    lesion_scale: float = 1.0,
+    contrast_scale: float = 1.0,
 ) -> Phantom:
     """Make one synthetic mammogram view.
 
@@ -215,6 +230,9 @@ def make_phantom(
         laterality: "L" (breast faces right, chest wall on the left) or "R" (mirrored).
         lesions: lesions to place, each "benign", "malignant" or a kind of ``LESION_KINDS``.
         rng: a numpy Generator or a seed; the phantom is a deterministic function of it.
+        lesion_scale, contrast_scale: lesion size and contrast relative to the defaults (1: sizes and contrasts
+            of screening mammograms at the paper's 2944-row frame; a small demo frame needs larger, brighter
+            lesions to keep them visible to the global module's 16-pixel cells).
 
     Returns:
         :class:`Phantom` (image (H, W) uint16 12-bit, masks per class (H, W) uint8 0/1, labels per class).
@@ -259,7 +277,7 @@ def make_phantom(
     placed: list[_Lesion] = []
     margin = 0.01 * height
     for kind in _resolve_kinds(lesions, rng):
-        extent, params = _lesion_extent(kind, height, rng)
+        extent, params = _lesion_extent(kind, height, rng, lesion_scale, contrast_scale)
         reach = int(math.ceil(extent)) + 1  # half-size of the window the lesion is drawn in
         allowed = breast & (skin_distance > extent + margin) & (pectoral_side < -(extent + margin))
         # The chest wall is not background for the distance transform, so keep the window inside the image.
@@ -387,6 +405,8 @@ def generate_dataset(
     two_views: bool = False,
     fractions: Mapping[str, float] | None = None,
     image_format: str = "png",
+    lesion_scale: float = 1.0,
+    contrast_scale: float = 1.0,
 ) -> Path:
     """Write a phantom dataset: 16-bit PNG images, 0/255 mask PNGs and a split datalist JSON.
 
@@ -396,7 +416,7 @@ def generate_dataset(
     of class c (the classes are drawn independently, so a breast can have both). Labels are noise-free. Mask files
     are written only for classes present in the image.
 
-    ``image_format`` "dicom" writes the images as DICOM (``.dcm``, see :func:`save_dicom_atomic`) instead of
+    ``lesion_scale`` and ``contrast_scale`` are passed to :func:`make_phantom`. ``image_format`` "dicom" writes the images as DICOM (``.dcm``, see :func:`save_dicom_atomic`) instead of
     16-bit PNG; masks stay PNG.
 
     Layout: ``out_dir/images/<id>.png``, ``out_dir/masks/<id>_<class>.png``, ``out_dir/datalist.json``
@@ -436,7 +456,7 @@ def generate_dataset(
             if len(items) == n_images:
                 break
             view_rng = np.random.default_rng([seed, breast_index, view_index])
-            phantom = make_phantom(height, width, view, laterality, lesions, view_rng)
+            phantom = make_phantom(height, width, view, laterality, lesions, view_rng, lesion_scale, contrast_scale)
             name = f"phantom_{breast_index:04d}_{laterality}-{view}"
             item = {
                 "image": str(
