@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from monai.utils import ensure_tuple
 
 from glam_bundle.constants import MODEL_FRAME_SIZE, VIEWS
 
@@ -200,3 +201,15 @@ def map_to_model_frame(meta: Mapping, points: np.ndarray | Sequence[Sequence[flo
     points[:, 0] += pad_top - y0
     points[:, 1] -= x0
     return points - origin.reshape(1, 2)
+
+
+def spacing_pair(value, name: str) -> tuple[float, float]:
+    """A spacing given as a number or (row, col) as a pair of positive floats; ValueError naming ``name``."""
+    values = ensure_tuple(value)
+    try:
+        pair = tuple(float(v) for v in (values * 2 if len(values) == 1 else values))
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive number or a (row, col) pair in mm, got {value!r}.") from None
+    if len(pair) != 2 or not all(np.isfinite(v) and v > 0 for v in pair):
+        raise ValueError(f"{name} must be a positive number or a (row, col) pair in mm, got {value!r}.")
+    return pair

@@ -28,7 +28,7 @@ from monai.utils import ensure_tuple
 from glam_bundle.constants import MODEL_FRAME_SIZE, NYU_PIXEL_SPACING_MM
 from glam_bundle.data.errors import BadInputError
 from glam_bundle.transforms.breast.array import chest_wall_on_right, view_from_image
-from glam_bundle.transforms.spatial.array import best_center, crop_geometry, window_geometry
+from glam_bundle.transforms.spatial.array import best_center, crop_geometry, spacing_pair, window_geometry
 from glam_bundle.transforms.utils import (
     as_meta_tensor,
     chest_wall_side,
@@ -445,7 +445,7 @@ class ResampleToSpacingd(_GeometryMapTransform):
                 raise ValueError(f"spacing must be a number, a (row, col) pair, \"auto\" or None, got {pixel_spacing!r}.")
             self.pixel_spacing = "auto"
         else:
-            self.pixel_spacing = _spacing_pair(pixel_spacing, "spacing")
+            self.pixel_spacing = spacing_pair(pixel_spacing, "spacing")
         self.target_spacing = float(target_spacing)
         self.spacing_key = spacing_key
 
@@ -455,7 +455,7 @@ class ResampleToSpacingd(_GeometryMapTransform):
             return self.pixel_spacing, "setting"
         value = data.get(self.spacing_key)
         if value is not None and not (isinstance(value, str) and value.lower() in ("none", "")):
-            return _spacing_pair(value, f"item '{self.spacing_key}'"), "datalist"
+            return spacing_pair(value, f"item '{self.spacing_key}'"), "datalist"
         meta = getattr(image, "meta", {}) or {}
         file_spacing = [float(v) for v in np.asarray(meta.get("file_spacing_mm", [0.0, 0.0])).ravel()[:2]]
         if len(file_spacing) == 2 and all(v > 0 for v in file_spacing):
@@ -503,14 +503,3 @@ class ResampleToSpacingd(_GeometryMapTransform):
         d[self.image_key] = image
         return d
 
-
-def _spacing_pair(value, name: str) -> tuple[float, float]:
-    """A spacing given as a number or (row, col) as a pair of positive floats; ValueError naming ``name``."""
-    values = ensure_tuple(value)
-    try:
-        pair = tuple(float(v) for v in (values * 2 if len(values) == 1 else values))
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive number or a (row, col) pair in mm, got {value!r}.") from None
-    if len(pair) != 2 or not all(np.isfinite(v) and v > 0 for v in pair):
-        raise ValueError(f"{name} must be a positive number or a (row, col) pair in mm, got {value!r}.")
-    return pair
