@@ -23,6 +23,8 @@ __all__ = [
     "NIFTI_SUFFIXES",
     "ITK_SUFFIXES",
     "LISTED_IMAGE_SUFFIXES",
+    "MAX_IMAGE_PIXELS",
+    "MAX_IMAGE_BYTES",
 ]
 
 # Image-level classes in channel order: label (N, 2), saliency maps (N, 2, H, W), masks (N, 2, H, W).
@@ -58,3 +60,9 @@ NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
 ITK_SUFFIXES: tuple[str, ...] = (".mha", ".mhd", ".nrrd", ".nhdr")
 # Folder listings pick up every suffix a reader takes (and DICOM files without a suffix, by their magic bytes).
 LISTED_IMAGE_SUFFIXES: tuple[str, ...] = PIL_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES + ITK_SUFFIXES
+
+# Size limits of one input image, checked from the file's header before any pixel is decoded
+# (glam_bundle.data.readers.MammogramReader(max_pixels=..., max_bytes=...)): the largest real mammograms are
+# under 8,000x8,000 pixels at 16 bits (64 Mpixel, 128 MB decoded); a file declaring more is refused by name.
+MAX_IMAGE_PIXELS: int = 8000 * 8000
+MAX_IMAGE_BYTES: int = 8000 * 8000 * 2

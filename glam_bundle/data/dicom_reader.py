@@ -11,10 +11,26 @@ from monai.utils import ensure_tuple
 from pydicom import dcmread
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+from glam_bundle.constants import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 from glam_bundle.data.errors import BadInputError
-from glam_bundle.data.image_checks import DeferredError, check_file, format_exception, is_dicom_file, missing_meta
+from glam_bundle.data.image_checks import (
+    DeclaredSize,
+    DeferredError,
+    check_declared_size,
+    check_file,
+    format_exception,
+    is_dicom_file,
+    missing_meta,
+    normalise_size_limit,
+)
 
-__all__ = ["MammogramDicomReader", "dicom_film_hint", "dicom_spacing", "plausible_mammogram_spacing"]
+__all__ = [
+    "MammogramDicomReader",
+    "dicom_declared_size",
+    "dicom_film_hint",
+    "dicom_spacing",
+    "plausible_mammogram_spacing",
+]
 
 # SOP classes of images acquired by an X-ray unit (digital mammography, digital X-ray, computed radiography,
 # breast tomosynthesis and its projections): the pixels come from a detector, not from a film scanner.
@@ -60,8 +76,16 @@ class MammogramDicomReader(PydicomReader):
     raise :class:`BadInputError` from ``get_data``. Content checks (size, constant, NaN) are done by
     :class:`MammogramReader`.
 
+    Size limits: the header is read first (``stop_before_pixels=True``); a file whose Rows x Columns x
+    NumberOfFrames exceeds ``max_pixels``, or whose decoded size (with BitsAllocated and SamplesPerPixel)
+    exceeds ``max_bytes``, is refused with a :class:`BadInputError` before its pixel data are read.
+
     Args:
         apply_voi: apply the VOI LUT / windowing stored in the file.
+        max_pixels: largest accepted number of pixels (default ``constants.MAX_IMAGE_PIXELS``, 8000x8000);
+            None: no limit.
+        max_bytes: largest accepted decoded size in bytes (default ``constants.MAX_IMAGE_BYTES``, 8000x8000 at
+            16 bits); None: no limit.
         channel_dim, affine_lps_to_ras, prune_metadata, kwargs: as for :class:`monai.data.PydicomReader`;
             ``swap_ij`` is always ``False`` (rows first).
     """
@@ -72,8 +96,13 @@ class MammogramDicomReader(PydicomReader):
         channel_dim: str | int | None = None,
         affine_lps_to_ras: bool = True,
         prune_metadata: bool = True,
+        max_pixels: int | None = MAX_IMAGE_PIXELS,
+        max_bytes: int | None = MAX_IMAGE_BYTES,
         **kwargs,
     ):
+        # Private: the limits do not change what a file decodes to (and so stay out of cache fingerprints).
+        self._max_pixels = normalise_size_limit("max_pixels", max_pixels)
+        self._max_bytes = normalise_size_limit("max_bytes", max_bytes)
         super().__init__(
             channel_dim=channel_dim,
             affine_lps_to_ras=affine_lps_to_ras,
@@ -99,6 +128,8 @@ class MammogramDicomReader(PydicomReader):
         for name in filenames:
             try:
                 check_file(name)
+                header = dcmread(name, **{**kwargs_, "stop_before_pixels": True})
+                check_declared_size(name, dicom_declared_size(header), self._max_pixels, self._max_bytes)
                 datasets.append(dcmread(name, **kwargs_))
             except BadInputError as error:
                 datasets.append(DeferredError(error))
@@ -173,6 +204,22 @@ class MammogramDicomReader(PydicomReader):
         lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
         ends = self._to_display(np.array([lo, hi], dtype=np.int64 if signed else np.uint64), img)
         return float(ends.min()), float(ends.max())
+
+
+def _dicom_int(ds, keyword: str, default: int) -> int:
+    try:
+        value = int(ds.get(keyword, default) or default)
+    except (TypeError, ValueError):
+        return default
+    return max(value, 0)
+
+
+def dicom_declared_size(ds) -> DeclaredSize:
+    """Decoded size a DICOM header declares: Rows x Columns [x NumberOfFrames], BitsAllocated, SamplesPerPixel."""
+    rows, columns = _dicom_int(ds, "Rows", 0), _dicom_int(ds, "Columns", 0)
+    frames = _dicom_int(ds, "NumberOfFrames", 1)
+    shape = (rows, columns) if frames <= 1 else (rows, columns, frames)
+    return DeclaredSize(shape, _dicom_int(ds, "BitsAllocated", 16) or 16, _dicom_int(ds, "SamplesPerPixel", 1) or 1)
 
 
 def _dicom_text(ds, keyword: str) -> str | None:

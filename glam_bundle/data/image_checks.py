@@ -5,7 +5,9 @@ Errors are :class:`glam_bundle.data.errors.BadInputError` naming the file.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +17,14 @@ from monai.config import PathLike
 from monai.utils import TraceKeys
 from pydicom.misc import is_dicom
 
-from glam_bundle.constants import DICOM_SUFFIXES, ITK_SUFFIXES, NIFTI_SUFFIXES, PIL_SUFFIXES
+from glam_bundle.constants import (
+    DICOM_SUFFIXES,
+    ITK_SUFFIXES,
+    MAX_IMAGE_BYTES,
+    MAX_IMAGE_PIXELS,
+    NIFTI_SUFFIXES,
+    PIL_SUFFIXES,
+)
 from glam_bundle.data.errors import BadInputError
 
 CHANNEL_NAMES = {2: "gray+alpha image", 3: "RGB image", 4: "RGBA image"}
@@ -39,6 +48,175 @@ def check_file(path: str) -> None:
         raise BadInputError(path, "file not found")
     if os.path.isdir(path):
         raise BadInputError(path, "is a directory; expected an image file")
+    if os.path.getsize(path) == 0:
+        raise BadInputError(path, "empty file (0 bytes)")
+
+
+# Where the limits are raised, named in the error.
+SIZE_LIMIT_SETTING = (
+    "MammogramReader(max_pixels=..., max_bytes=...); in a config, load_transforms' max_pixels / max_bytes"
+)
+
+
+@dataclass
+class DeclaredSize:
+    """What a file's header says its decoded pixel data will be, before any pixel is read.
+
+    Attributes:
+        shape: the pixel grid (rows, columns[, frames or slices...]).
+        bits: bits per sample of the decoded array (rounded up to whole bytes when sizing).
+        samples: samples (channels) per pixel.
+    """
+
+    shape: tuple[int, ...]
+    bits: int
+    samples: int = 1
+
+    @property
+    def pixels(self) -> int:
+        return math.prod(int(n) for n in self.shape) if self.shape else 0
+
+    @property
+    def decoded_bytes(self) -> int:
+        return self.pixels * max(int(self.samples), 1) * max(math.ceil(int(self.bits) / 8), 1)
+
+    def describe(self) -> str:
+        grid = "x".join(str(int(n)) for n in self.shape)
+        channels = f" x {self.samples} channels" if self.samples > 1 else ""
+        return f"{grid} pixels{channels} at {self.bits} bits = {_megabytes(self.decoded_bytes)} decoded"
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:,.0f} MB" if n >= 1e6 else f"{n / 1e6:.2g} MB"
+
+
+def normalise_size_limit(name: str, value: int | None) -> int | None:
+    """A size limit as a positive int, ``None`` (no limit) for None/0/negative; anything else a ValueError."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer, float)):
+        raise ValueError(f"{name} must be a number of {'pixels' if 'pixel' in name else 'bytes'} or None, got {value!r}.")
+    return int(value) if value > 0 else None
+
+
+def check_declared_size(
+    path: str, declared: DeclaredSize, max_pixels: int | None = MAX_IMAGE_PIXELS, max_bytes: int | None = MAX_IMAGE_BYTES
+) -> None:
+    """Raise BadInputError when ``declared`` exceeds ``max_pixels`` or ``max_bytes`` (None: no limit)."""
+    over = []
+    if max_pixels is not None and declared.pixels > max_pixels:
+        over.append(f"max_pixels={max_pixels:,}")
+    if max_bytes is not None and declared.decoded_bytes > max_bytes:
+        over.append(f"max_bytes={max_bytes:,} ({_megabytes(max_bytes)})")
+    if over:
+        raise BadInputError(
+            path,
+            f"declares {declared.describe()}, over the limit ({', '.join(over)}); refused before decoding. "
+            f"If the file is genuine, raise the limit: {SIZE_LIMIT_SETTING}",
+        )
+
+
+def pil_declared_size(path: str) -> DeclaredSize:
+    """Size from a PIL-readable file's header (PNG IHDR, JPEG SOF, TIFF IFD, PGM header), decoding nothing.
+
+    The image plugins are called directly, as ``Image.open`` does, but without Pillow's own decompression-bomb
+    check, so that the bundle's limit (which names the file and the setting) decides.
+    """
+    from PIL import Image
+
+    Image.init()
+    with open(path, "rb") as handle:
+        prefix = handle.read(16)
+        for fmt in Image.ID:
+            factory, accept = Image.OPEN[fmt]
+            if accept is not None:
+                verdict = accept(prefix)
+                if not verdict or isinstance(verdict, str):
+                    continue
+            handle.seek(0)
+            try:
+                image = factory(handle, path)
+            except (SyntaxError, IndexError, TypeError, ValueError, OSError, EOFError, KeyError):
+                continue
+            width, height = image.size
+            mode = image.mode
+            bands = len(image.getbands())
+            # Only the first frame of a multi-page file is decoded.
+            bits = 16 if mode.startswith("I;16") else 32 if mode.startswith(("I", "F")) else 8
+            return DeclaredSize((height, width), bits, bands)
+    raise BadInputError(path, f"truncated, corrupt or unreadable {format_name(path)} file (no image header found)")
+
+
+def nifti_declared_size(path: str) -> DeclaredSize:
+    """Size from a NIfTI header (shape and data type), decoding nothing."""
+    import nibabel as nib
+
+    header = nib.load(path).header  # lazy: the data stay on disk
+    dtype = np.dtype(header.get_data_dtype())
+    return DeclaredSize(tuple(int(n) for n in header.get_data_shape()), dtype.itemsize * 8)
+
+
+# MetaImage ElementType -> bytes per sample.
+_MET_BYTES = {"CHAR": 1, "UCHAR": 1, "SHORT": 2, "USHORT": 2, "INT": 4, "UINT": 4, "FLOAT": 4, "LONG": 8,
+              "ULONG": 8, "LONG_LONG": 8, "ULONG_LONG": 8, "DOUBLE": 8}
+
+
+def _nrrd_type_bytes(text: str) -> int | None:
+    t = text.strip().lower()
+    if t == "block":
+        return None
+    if "64" in t or "long" in t or "double" in t:
+        return 8
+    if "16" in t or "short" in t:
+        return 2
+    if "8" in t or "char" in t:
+        return 1
+    if "32" in t or "int" in t or "float" in t:
+        return 4
+    return None
+
+
+def itk_declared_size(path: str, max_header_bytes: int = 1 << 16) -> DeclaredSize | None:
+    """Size from a MetaImage (.mha/.mhd) or NRRD (.nrrd/.nhdr) text header, decoding nothing.
+
+    Returns None when the header cannot be parsed here (ITK then reads the file and reports what it finds).
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(max_header_bytes)
+    text = head.decode("latin-1")
+    fields: dict[str, str] = {}
+    if text.startswith("NRRD"):
+        for line in text.splitlines()[1:]:
+            if not line.strip():
+                break  # a blank line ends the header
+            if line.startswith("#") or ":" not in line:
+                continue
+            key, _, value = line.partition(":")
+            fields[key.strip().lower()] = value.lstrip("=").strip()
+        sizes, element = fields.get("sizes"), _nrrd_type_bytes(fields.get("type", ""))
+        if not sizes or element is None:
+            return None
+        try:
+            shape = tuple(int(n) for n in sizes.split())
+        except ValueError:
+            return None
+        return DeclaredSize(shape[::-1], element * 8)  # fastest axis first: (x, y) -> (rows, columns)
+    for line in text.splitlines():
+        match = re.match(r"\s*([A-Za-z_]+)\s*=\s*(.*)$", line)
+        if not match:
+            continue
+        fields[match.group(1).strip().lower()] = match.group(2).strip()
+        if match.group(1).strip().lower() == "elementdatafile":
+            break
+    dims, element = fields.get("dimsize"), _MET_BYTES.get(fields.get("elementtype", "").upper().replace("MET_", ""))
+    if not dims or element is None:
+        return None
+    try:
+        shape = tuple(int(n) for n in dims.split())
+        channels = int(fields.get("elementnumberofchannels", "1") or 1)
+    except ValueError:
+        return None
+    return DeclaredSize(shape[::-1], element * 8, max(channels, 1))  # (x, y) -> (rows, columns)
 
 
 def format_exception(exc: BaseException) -> str:

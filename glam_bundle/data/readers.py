@@ -34,6 +34,8 @@ therefore never raise from ``read`` for a bad file: ``read`` records the :class:
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -44,18 +46,30 @@ from monai.data.image_reader import ImageReader
 from monai.data.utils import affine_to_spacing
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
-from glam_bundle.constants import DICOM_SUFFIXES, ITK_SUFFIXES, NIFTI_SUFFIXES, PIL_SUFFIXES
+from glam_bundle.constants import (
+    DICOM_SUFFIXES,
+    ITK_SUFFIXES,
+    MAX_IMAGE_BYTES,
+    MAX_IMAGE_PIXELS,
+    NIFTI_SUFFIXES,
+    PIL_SUFFIXES,
+)
 from glam_bundle.data.dicom_reader import MammogramDicomReader, plausible_mammogram_spacing
 from glam_bundle.data.errors import BadInputError
 from glam_bundle.data.image_checks import (
     DeferredError,
     backend_for,
+    check_declared_size,
     check_file,
     check_image_array,
     format_exception,
     format_name,
+    itk_declared_size,
     missing_meta,
+    nifti_declared_size,
     normalise_min_size,
+    normalise_size_limit,
+    pil_declared_size,
 )
 
 __all__ = [
@@ -79,6 +93,30 @@ class _DecodedImage:
     path: str
     array: np.ndarray
     meta: dict = field(default_factory=dict)
+
+
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _pillow_bomb_limit_at_least(max_pixels: int | None):
+    """Let Pillow decode what the bundle's own limit (already checked from the header) accepted.
+
+    Pillow refuses images over ``2 * PIL.Image.MAX_IMAGE_PIXELS`` (about 179 Mpixel) on its own; when a user
+    raises ``max_pixels`` beyond that, Pillow's global limit is lifted for the duration of the decode.
+    """
+    from PIL import Image
+
+    current = Image.MAX_IMAGE_PIXELS
+    if current is None or (max_pixels is not None and max_pixels <= current):
+        yield
+        return
+    with _PIL_LIMIT_LOCK:
+        Image.MAX_IMAGE_PIXELS = None if max_pixels is None else max(current, max_pixels)
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = current
 
 
 def _pil_to_array_mode(image):
@@ -137,7 +175,12 @@ class MammogramReader(ImageReader):
     Validation (raising :class:`BadInputError` whose message starts with the path, from ``get_data``):
     missing file, unsupported type, unreadable/truncated/corrupt file, DICOM without pixel data,
     multi-channel (e.g. "RGB image (3 channels); expected one grayscale channel") or non-2-D data,
-    image smaller than ``min_size``, NaN/inf values, and a constant image (e.g. "all-zero image").
+    image smaller than ``min_size``, NaN/inf values, and a constant image (e.g. "all-zero image"), an empty
+    file ("empty file (0 bytes)"), and a file whose header declares more than ``max_pixels`` pixels or
+    ``max_bytes`` decoded bytes (checked from the header -- PNG IHDR, JPEG/TIFF/PGM headers, DICOM
+    Rows/Columns/BitsAllocated/SamplesPerPixel/NumberOfFrames, NIfTI header, MetaImage/NRRD header --
+    before any pixel is decoded, e.g. "declares 13000x13000 pixels at 16 bits = 338 MB decoded, over the
+    limit ...").
 
     Several paths are stacked into a (N, H, W) array with ``original_channel_dim`` 0 (MONAI's behaviour);
     all must have the same shape.
@@ -148,6 +191,11 @@ class MammogramReader(ImageReader):
         allow_constant: accept constant images. Use ``True`` for lesion masks, which are all-zero when a
             breast has no lesion of that class.
         apply_voi: apply the DICOM VOI LUT / window (see :class:`MammogramDicomReader`).
+        max_pixels: largest accepted number of pixels a file may declare (default
+            ``glam_bundle.constants.MAX_IMAGE_PIXELS`` = 8000x8000 = 64 Mpixel); None or 0: no limit.
+        max_bytes: largest accepted decoded size in bytes (default ``glam_bundle.constants.MAX_IMAGE_BYTES`` =
+            8000x8000 at 16 bits = 128 MB); None or 0: no limit. In the bundle configs both are arguments of
+            ``load_transforms`` (e.g. ``"load_transforms": {..., "max_pixels": 100000000}``).
 
     Example (a bundle config)::
 
@@ -162,11 +210,16 @@ class MammogramReader(ImageReader):
         min_size: int | Sequence[int] | None = (512, 512),
         allow_constant: bool = False,
         apply_voi: bool = True,
+        max_pixels: int | None = MAX_IMAGE_PIXELS,
+        max_bytes: int | None = MAX_IMAGE_BYTES,
     ):
         super().__init__()
         self.min_size = normalise_min_size(min_size)
         self.allow_constant = allow_constant
         self.apply_voi = apply_voi
+        # Private: the limits do not change what a file decodes to (and so stay out of cache fingerprints).
+        self._max_pixels = normalise_size_limit("max_pixels", max_pixels)
+        self._max_bytes = normalise_size_limit("max_bytes", max_bytes)
         self._backends: dict[str, ImageReader] = {}
 
     def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
@@ -178,7 +231,9 @@ class MammogramReader(ImageReader):
         if name not in self._backends:
             factories = {
                 "pil": lambda: PILReader(converter=_pil_to_array_mode, reverse_indexing=False),
-                "dicom": lambda: MammogramDicomReader(apply_voi=self.apply_voi),
+                "dicom": lambda: MammogramDicomReader(
+                    apply_voi=self.apply_voi, max_pixels=self._max_pixels, max_bytes=self._max_bytes
+                ),
                 "nifti": lambda: NibabelReader(),
                 "itk": lambda: ITKReader(reverse_indexing=True),
             }
@@ -208,6 +263,7 @@ class MammogramReader(ImageReader):
                     "unsupported file type; expected one of "
                     + " ".join(PIL_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES + ITK_SUFFIXES),
                 )
+            self._check_header(path, backend)
             array, meta = getattr(self, f"_decode_{backend}")(path)
             return _DecodedImage(path, array, meta)
         except BadInputError as error:
@@ -216,9 +272,19 @@ class MammogramReader(ImageReader):
             problem = f"truncated, corrupt or unreadable {format_name(path)} file ({format_exception(exc)})"
             return DeferredError(BadInputError(path, problem))
 
+    def _check_header(self, path: str, backend: str) -> None:
+        """Refuse a file whose header declares more than the size limits, before decoding (DICOM: in its reader)."""
+        if self._max_pixels is None and self._max_bytes is None:
+            return
+        declare = {"pil": pil_declared_size, "nifti": nifti_declared_size, "itk": itk_declared_size}.get(backend)
+        declared = declare(path) if declare is not None else None
+        if declared is not None:
+            check_declared_size(path, declared, self._max_pixels, self._max_bytes)
+
     def _decode_pil(self, path: str) -> tuple[np.ndarray, dict]:
         reader = self._backend("pil")
-        image = reader.read(path)
+        with _pillow_bomb_limit_at_least(self._max_pixels):
+            image = reader.read(path)
         try:
             lossy = str(getattr(image, "format", "") or "").upper() in _LOSSY_PIL_FORMATS
             array, _ = reader.get_data(image)  # decodes the pixels: truncation shows up here

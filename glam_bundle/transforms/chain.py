@@ -28,7 +28,15 @@ import numpy as np
 import torch
 from monai.transforms import Compose, DeleteItemsd, EnsureTyped, LoadImaged, NormalizeIntensityd
 
-from glam_bundle.constants import CLASS_NAMES, IMAGE_KEY, MASK_FILE_KEYS, MODEL_FRAME_SIZE, PATCH_SIZE
+from glam_bundle.constants import (
+    CLASS_NAMES,
+    IMAGE_KEY,
+    MASK_FILE_KEYS,
+    MAX_IMAGE_BYTES,
+    MAX_IMAGE_PIXELS,
+    MODEL_FRAME_SIZE,
+    PATCH_SIZE,
+)
 from glam_bundle.data.readers import MammogramReader
 from glam_bundle.transforms.breast.dictionary import BreastMaskd, parse_film
 from glam_bundle.transforms.label.dictionary import MakeLabeld, StackMasksd
@@ -54,7 +62,10 @@ def _require_bool(name: str, value) -> bool:
 
 
 def load_transforms(
-    min_size: int | Sequence[int] = PATCH_SIZE, model_frame_size: Sequence[int] = MODEL_FRAME_SIZE
+    min_size: int | Sequence[int] = PATCH_SIZE,
+    model_frame_size: Sequence[int] = MODEL_FRAME_SIZE,
+    max_pixels: int | None = MAX_IMAGE_PIXELS,
+    max_bytes: int | None = MAX_IMAGE_BYTES,
 ) -> list:
     """Read the files of a datalist item and build its targets.
 
@@ -69,14 +80,23 @@ def load_transforms(
     Args:
         min_size: smallest accepted image (H, W) (the reader rejects smaller ones); lesion masks have none.
         model_frame_size: size (H, W) of masks drawn in the model frame.
+        max_pixels, max_bytes: size limits of every image and mask file, checked from the file's header before
+            decoding (see :class:`MammogramReader`; defaults 8000x8000 pixels, 128 MB decoded, from
+            ``glam_bundle.constants``); None: no limit. A config raises them with e.g.
+            ``"load_transforms": {"_target_": "glam_bundle.transforms.load_transforms", ..., "max_pixels": 100000000,
+            "max_bytes": 200000000}``. They do not change what is decoded, so cache entries stay valid.
     """
+    limits = {"max_pixels": max_pixels, "max_bytes": max_bytes}
     return [
         LoadImaged(
-            keys=IMAGE_KEY, reader=MammogramReader(min_size=min_size), image_only=True, ensure_channel_first=True
+            keys=IMAGE_KEY,
+            reader=MammogramReader(min_size=min_size, **limits),
+            image_only=True,
+            ensure_channel_first=True,
         ),
         LoadImaged(
             keys=MASK_FILE_KEYS,
-            reader=MammogramReader(allow_constant=True, min_size=0),
+            reader=MammogramReader(allow_constant=True, min_size=0, **limits),
             image_only=True,
             ensure_channel_first=True,
             allow_missing_keys=True,
