@@ -30,6 +30,8 @@ from glam_bundle.transforms import (
     ResampleToSpacingd,
     default_preprocessing,
     frame_transforms,
+    load_transforms,
+    window_transforms,
 )
 from glam_bundle.transforms.breast.array import chest_wall_on_right, film_from_pixels
 from glam_bundle.transforms.spatial.array import map_to_model_frame
@@ -239,6 +241,34 @@ def test_nyu_sample_is_digital_without_spacing_and_not_resampled(chain):
     assert (meta["spacing_source"], meta["resample_factor"]) == ("none", [1.0, 1.0])
     assert (meta["view"], meta["view_source"], meta["laterality"], meta["laterality_source"]) == ("CC", "filename", "R", "filename")
     assert meta["flipped"] and _faces_right(out)
+
+
+@pytest.mark.parametrize("name, label_pixels", [("0_L-CC", 1085), ("0_R-CC", 0)])
+def test_nyu_burned_in_label_leaves_the_digital_window(chain, name, label_pixels):
+    """Digital images too: a label apart from the breast (0_L-CC's "L" at the top right) is not in the default
+    window; the breast (its corners at the image edge included, which the mask's erosion/dilation cuts) and the
+    geometry are the original's, which ``keep_artefacts=True`` reproduces with the label."""
+    path = str(require(NYU_SAMPLE / "images" / f"{name}.png"))
+    windows = {
+        keep: Compose(load_transforms() + frame_transforms(keep_artefacts=keep) + window_transforms())({"image": path})
+        for keep in (True, False)
+    }
+    original, cleared = (windows[keep]["image"][0].numpy() for keep in (True, False))
+    # label = the foreground of the original window apart from its largest component (the breast)
+    labels, _ = ndi.label(original > 0)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    breast = labels == int(np.argmax(sizes))
+    label = (original > 0) & ~breast
+    assert int(label.sum()) == label_pixels and windows[False]["image"].meta["artefact_pixels"] == label_pixels
+    assert not (cleared[label] > 0).any()  # no label pixel left in the window
+    np.testing.assert_array_equal(cleared[~label], original[~label])  # everything else, the breast too, untouched
+    assert int((breast & ~windows[False]["breast_mask"][0].numpy()).sum()) > 10000  # corners outside the mask
+    for key in ("crop_box", "rightmost_points", "bottommost_points", "best_center", "window_pad", "window_box"):
+        assert repr(windows[True]["image"].meta[key]) == repr(windows[False]["image"].meta[key]), key
+    # the default chain, standardised: the label's place is background (the padding's value)
+    out = chain({"image": path})
+    assert bool((out["image"][0][torch.as_tensor(label)] == out["image"].min()).all())
 
 
 def test_cbis_ddsm_film_from_dicom_without_labels_in_the_window(chain):

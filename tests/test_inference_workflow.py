@@ -74,7 +74,8 @@ def test_nyu_sample_reproduces_the_original_pipeline(tmp_path):
     out = tmp_path / "out"
     subprocess.run(
         [sys.executable, "-m", "monai.bundle", "run", "--config_file", CONFIG, "--meta_file", META,
-         "--dataset_dir", str(require(NYU_SAMPLE / "images")), "--output_dir", str(out), "--ckpt_path", str(weights)],
+         "--dataset_dir", str(require(NYU_SAMPLE / "images")), "--output_dir", str(out), "--ckpt_path", str(weights),
+         "--frame_transforms#keep_artefacts", "true"],  # the original keeps 0_L-CC's burned-in "L"
         check=True, capture_output=True, cwd=REPO_ROOT,
     )
     rows = {r["image"].split("/")[-1]: r for r in read_csv(out / "predictions.csv")}

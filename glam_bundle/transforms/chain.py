@@ -61,6 +61,14 @@ def _require_bool(name: str, value) -> bool:
     return bool(value)
 
 
+def _parse_bool(name: str, value) -> bool:
+    """``value`` as a bool; the strings "true"/"false" (any case, as a command line gives them) are accepted,
+    anything else is a ValueError naming the setting."""
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    return _require_bool(name, value)
+
+
 def load_transforms(
     min_size: int | Sequence[int] = PATCH_SIZE,
     model_frame_size: Sequence[int] = MODEL_FRAME_SIZE,
@@ -106,7 +114,11 @@ def load_transforms(
     ]
 
 
-def frame_transforms(film: bool | str = "auto", spacing: float | Sequence[float] | str | None = "auto") -> list:
+def frame_transforms(
+    film: bool | str = "auto",
+    spacing: float | Sequence[float] | str | None = "auto",
+    keep_artefacts: bool | str = False,
+) -> list:
     """Find the breast, face it right and crop the image to it.
 
     In: the output of :func:`load_transforms`. Out: ``"image"`` (1, h, w) and ``"mask"`` (2, h, w) cropped to
@@ -123,8 +135,15 @@ def frame_transforms(film: bool | str = "auto", spacing: float | Sequence[float]
             ``"spacing_mm"`` or its DICOM (Imager)PixelSpacing, and left as it is when neither is known; a
             number or (row, col) pair in mm: used for every image; None (or "none"): no resampling step.
             Anything else is a ValueError naming ``spacing``.
+        keep_artefacts: false (default): on digital images the pixels outside the breast -- burned-in labels,
+            markers, edges not touching the breast's foreground component (:func:`breast_region`) -- are set
+            to 0 before the window, as film windows are cleared; the breast mask, crop and window stay the
+            original's. True: digital images are left as the original GLAM pipeline leaves them (its golden
+            outputs; NYU 0_L-CC keeps its "L"). Film is cleared either way. The strings "true"/"false" are
+            accepted (command line); anything else is a ValueError naming ``keep_artefacts``.
     """
     film = parse_film(film, "film")
+    keep_artefacts = _parse_bool("keep_artefacts", keep_artefacts)
     if isinstance(spacing, str) and spacing.strip().lower() in ("none", "null"):
         spacing = None  # as a command line gives it
     transforms: list = []
@@ -132,7 +151,12 @@ def frame_transforms(film: bool | str = "auto", spacing: float | Sequence[float]
         transforms.append(ResampleToSpacingd(keys=(IMAGE_KEY, "mask"), pixel_spacing=spacing))
     method = {True: "film", False: "original", "auto": "auto"}[film]
     return transforms + [
-        BreastMaskd(keys=IMAGE_KEY, method=method, suppress_background=True if film is True else "film" if film else False),
+        BreastMaskd(
+            keys=IMAGE_KEY,
+            method=method,
+            suppress_background=True if film is True else "film" if film else False,
+            suppress_artefacts=not keep_artefacts,
+        ),
         OrientBreastd(keys=_GEOMETRY_KEYS),
         CropBreastd(keys=_GEOMETRY_KEYS),
     ]
@@ -187,6 +211,7 @@ def default_preprocessing(
     max_crop_noise: Sequence[int] = (100, 100),
     max_crop_size_noise: int = 100,
     min_size: int | Sequence[int] = PATCH_SIZE,
+    keep_artefacts: bool | str = False,
 ) -> Compose:
     """The whole GLAM preprocessing chain as a MONAI ``Compose``: the four pieces joined (see the module).
 
@@ -200,10 +225,12 @@ def default_preprocessing(
         spacing: "auto" (default), a spacing in mm or None: see :func:`frame_transforms`.
         max_crop_noise, max_crop_size_noise: noise amplitudes used when ``augment``.
         min_size: smallest accepted image (H, W).
+        keep_artefacts: false (default) clears digital windows outside the breast; true keeps them as the
+            original pipeline (see :func:`frame_transforms`).
     """
     return Compose(
         load_transforms(min_size, image_size)
-        + frame_transforms(film, spacing)
+        + frame_transforms(film, spacing, keep_artefacts)
         + window_transforms(image_size, augment, max_crop_noise, max_crop_size_noise)
         + finish_transforms()
     )

@@ -11,7 +11,12 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
 from glam_bundle.data.errors import BadInputError
-from glam_bundle.transforms.breast.array import film_breast_mask, film_from_pixels, original_breast_mask
+from glam_bundle.transforms.breast.array import (
+    breast_region,
+    film_breast_mask,
+    film_from_pixels,
+    original_breast_mask,
+)
 from glam_bundle.transforms.utils import as_meta_tensor, chest_wall_side, image_plane, source_name
 
 __all__ = ["BreastMaskd", "parse_film"]
@@ -43,6 +48,12 @@ class BreastMaskd(MapTransform):
     Keys: ``keys`` holds the image key ((C, H, W), channel 0 is used). With ``suppress_background`` the
     image pixels outside the mask are set to 0 (film background and labels vanish; after standardisation
     they equal the padding, as in digital images); ``"film"`` does so for images decided to be film only.
+    With ``suppress_artefacts`` the images decided to be *digital* lose what lies outside the breast: every
+    pixel > 0 outside :func:`breast_region` (the foreground components that the breast mask touches) is set
+    to 0, the background, so burned-in labels and markers apart from the breast leave the window; the breast,
+    including the edge corners that the mask's erosion/dilation cuts, is untouched, and so is the mask (crop
+    and window geometry stay the original's). A label touching the breast stays. Recorded as
+    ``"artefact_pixels"`` (how many were set to 0; 0 when not asked for or film).
     Recorded in the image meta: ``"breast_mask_method"``, ``"film"`` (bool) and ``"film_source"``
     ("setting", "datalist", "dicom:<tag>", "pixels:..."). The item's ``"film"`` key is consumed.
     """
@@ -54,6 +65,7 @@ class BreastMaskd(MapTransform):
         method: str = "original",
         iterations: int = 100,
         suppress_background: bool = False,
+        suppress_artefacts: bool = False,
         flip_key: str = "horizontal_flip",
         film_key: str = "film",
         allow_missing_keys: bool = False,
@@ -67,6 +79,9 @@ class BreastMaskd(MapTransform):
         self.method = method
         self.iterations = iterations
         self.suppress_background = suppress_background
+        if not isinstance(suppress_artefacts, (bool, np.bool_)):
+            raise ValueError(f"suppress_artefacts must be true or false, got {suppress_artefacts!r}.")
+        self.suppress_artefacts = bool(suppress_artefacts)
         self.flip_key = flip_key
         self.film_key = film_key
 
@@ -103,10 +118,24 @@ class BreastMaskd(MapTransform):
                 mask = original_breast_mask(plane, self.iterations)
             if not mask.any():
                 raise BadInputError(source_name(image), "no breast found (empty foreground mask)")
+            artefact_pixels = 0
             if self.suppress_background is True or (self.suppress_background == "film" and film):
                 image = image.clone()
                 image[:, ~torch.as_tensor(mask)] = 0
-            image.meta.update({"breast_mask_method": method, "film": film, "film_source": film_source})
+            elif self.suppress_artefacts and not film:
+                artefacts = (plane > 0) & ~breast_region(plane, mask)
+                artefact_pixels = int(artefacts.sum())
+                if artefact_pixels:
+                    image = image.clone()
+                    image[:, torch.as_tensor(artefacts)] = 0
+            image.meta.update(
+                {
+                    "breast_mask_method": method,
+                    "film": film,
+                    "film_source": film_source,
+                    "artefact_pixels": artefact_pixels,
+                }
+            )
             d[key] = image
             d.pop(self.film_key, None)  # decided and recorded in the meta; items with and without it collate
             d[self.mask_key] = MetaTensor(torch.as_tensor(mask)[None], meta={"filename_or_obj": source_name(image)})
