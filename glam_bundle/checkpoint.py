@@ -1,19 +1,82 @@
 """Checkpoint files: conversion of the original GLAM layout (nyukat/GLAM ``model_sep.ckpt`` /
-``model_joint.ckpt``) to this bundle's GLAM state dict, and the check that a checkpoint to load exists."""
+``model_joint.ckpt``) to this bundle's GLAM state dict, and the check that a checkpoint to load exists.
+
+Every checkpoint is read with ``torch.load(weights_only=True)``: a file whose pickle asks for anything but
+tensors and plain containers (e.g. a ``__reduce__`` calling ``os.system``) is refused before any of it runs, with
+one :class:`CheckpointError` line naming the file and what the pickle asked for. A checkpoint whose keys are
+missing or wrongly shaped gets a :class:`CheckpointError` listing them.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+import pickle
 import re
-from collections.abc import Mapping
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
 logger = logging.getLogger(__name__)
+
+# Keys listed in an error message before "... and N more".
+_LISTED_KEYS = 20
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used: refused (its pickle asks for code), unreadable, or not matching the network.
+
+    The message starts with the file (when known), e.g. ``"/m/x.pt: refused: the file's pickle asks for ...``.
+    A ValueError, as the shape errors raised here before.
+
+    Attributes:
+        path: the checkpoint file ("" when not known); problem: what is wrong with it.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, problem: str):
+        self.path = os.fspath(path) if path else ""
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+    def __reduce__(self):
+        return self.__class__, (self.path, self.problem)
+
+
+class CheckpointKeyError(CheckpointError, KeyError):
+    """Keys the network needs are missing from the checkpoint (also a KeyError, as raised here before)."""
+
+
+def list_keys(keys: Sequence[str], limit: int = _LISTED_KEYS) -> str:
+    """``"a, b, c"``, the first ``limit`` keys and ``"... and N more"``."""
+    keys = list(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _named(path, exc: Exception) -> CheckpointError:
+    """``exc`` of :func:`load_partial_state_dict` (KeyError / ValueError) as a one-line error naming ``path``."""
+    message = re.sub(r"\s*\n\s*", " ", str(exc.args[0] if exc.args else exc))
+    return (CheckpointKeyError if isinstance(exc, KeyError) else CheckpointError)(path, message)
+
+
+def _unpickling_reason(exc: BaseException) -> str:
+    """What torch's weights-only unpickler refused, without its boilerplate (one line)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch bolds part of its advice
+    detail = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(?:Please use|Check the documentation|$)", text, re.S)
+    if detail and detail.group(1).strip():
+        return re.sub(r"\s+", " ", detail.group(1)).strip().rstrip(".")
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+    boilerplate = ("Weights only load failed", "Check the documentation", "Please file an issue")
+    kept = [p for p in paragraphs if not p.startswith(boilerplate)] or paragraphs[:1]
+    reason = re.sub(r"\s+", " ", " ".join(kept)).strip()
+    return reason.rstrip(".") or type(exc).__name__
 
 # (original key prefix pattern, bundle key prefix); block-internal names are shared by both layouts.
 ORIGINAL_KEY_RULES = (
@@ -36,7 +99,7 @@ def rename_original_key(key: str) -> str | None:
 
 
 def convert_original_state_dict(
-    original: Mapping[str, torch.Tensor], network: nn.Module
+    original: Mapping[str, torch.Tensor], network: nn.Module, source: str | os.PathLike | None = None
 ) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
     """Map an original-layout state dict onto ``network`` (a GLAM).
 
@@ -44,40 +107,96 @@ def convert_original_state_dict(
     Parts the original release does not have (attention aggregation, fusion) keep ``network``'s current
     values, so the result loads strictly.
 
+    Args:
+        original: the original state dict; network: the GLAM to fill; source: the file it came from (named in
+            errors).
+
     Returns:
         (state dict for ``network``, original keys that were ignored, bundle keys kept from ``network``).
 
     Raises:
-        KeyError: when an expected key is missing; ValueError: on a shape mismatch.
+        CheckpointError (a ValueError) listing every wrongly shaped key; CheckpointKeyError (also a KeyError)
+        listing the missing ones.
     """
     target = network.state_dict()
     converted: dict[str, torch.Tensor] = {}
-    ignored = []
+    ignored, mismatched = [], []
     for key, value in original.items():
         new_key = rename_original_key(key)
         if new_key is None or new_key not in target:
             ignored.append(key)
             continue
         if tuple(value.shape) != tuple(target[new_key].shape):
-            raise ValueError(f"{key}: shape {tuple(value.shape)} does not match {new_key} {tuple(target[new_key].shape)}")
+            mismatched.append(f"{key} {tuple(value.shape)} (expected {tuple(target[new_key].shape)} for {new_key})")
+            continue
         converted[new_key] = value.to(target[new_key].dtype)
+    if mismatched:
+        raise CheckpointError(source, f"{len(mismatched)} keys have the wrong shape: {list_keys(mismatched)}")
     expected = [k for k in target if k.startswith(("global_module.", "local_module."))]
     missing = [k for k in expected if k not in converted]
     if missing:
-        raise KeyError(f"{len(missing)} expected keys are missing from the original checkpoint, e.g. {missing[:5]}")
+        raise CheckpointKeyError(
+            source,
+            f"{len(missing)} expected keys are missing from the original checkpoint (bundle names): "
+            f"{list_keys(missing)}",
+        )
     kept = [k for k in target if k not in converted]
     return {**target, **converted}, ignored, kept
 
 
+def safe_torch_load(path: str | os.PathLike):
+    """``torch.load(path, weights_only=True)`` on the CPU, with every failure one :class:`CheckpointError` line.
+
+    A pickle asking for a global outside torch's weights-only allow-list (code to run) is refused before it runs:
+    ``"<file>: refused: the file's pickle asks for <what torch reports>; only plain tensors are loaded
+    (weights_only)"``. An empty, truncated or corrupt file is ``"<file>: unreadable checkpoint (...)"``.
+
+    Raises:
+        FileNotFoundError: no file at ``path``; CheckpointError: as above.
+    """
+    path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise CheckpointError(path, "empty file (0 bytes); not a checkpoint")
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*pickle protocol.*")  # hostile files use any protocol
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except pickle.UnpicklingError as exc:
+        if str(exc).startswith("Weights only load failed"):
+            reason = _unpickling_reason(exc)
+            named = re.search(r"GLOBAL\s+([\w.]+)", reason)
+            what = named.group(1) if named else "what torch's weights-only unpickler refuses"
+            problem = (
+                f"refused: the file's pickle asks for {what} (torch: {reason}); only plain tensors are loaded "
+                "(weights_only)"
+            )
+        else:
+            problem = f"unreadable checkpoint ({type(exc).__name__}: {_unpickling_reason(exc)})"
+        raise CheckpointError(path, problem) from None
+    except Exception as exc:  # zip / storage errors of a truncated or corrupt file
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        raise CheckpointError(path, f"unreadable checkpoint ({type(exc).__name__}: {first_line})") from None
+
+
 def load_original_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read an original checkpoint safely (``weights_only=True``): a state dict, or a dict holding one under
-    "model" / "state_dict"."""
-    checkpoint = torch.load(Path(path), map_location="cpu", weights_only=True)
+    """Read a checkpoint safely (:func:`safe_torch_load`, ``weights_only=True``): a state dict, or a dict holding
+    one under "model" / "state_dict".
+
+    Raises:
+        FileNotFoundError: no file; CheckpointError: refused, unreadable or not a state dict of tensors.
+    """
+    checkpoint = safe_torch_load(path)
     for key in ("model", "state_dict"):
         if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get(key), Mapping):
             checkpoint = checkpoint[key]
-    if not isinstance(checkpoint, Mapping) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        raise ValueError(f"{path}: not a state dict of tensors")
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(path, f"not a state dict of tensors (holds a {type(checkpoint).__name__})")
+    not_tensors = [str(k) for k, v in checkpoint.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise CheckpointError(path, f"not a state dict of tensors: {len(not_tensors)} entries are not tensors "
+                                    f"({list_keys(not_tensors)})")
     return dict(checkpoint)
 
 
@@ -103,11 +222,15 @@ def load_weights(network: nn.Module, path: str | os.PathLike) -> nn.Module:
 
     Raises:
         FileNotFoundError: no file at ``path`` (the message says to train the earlier stage first).
+        CheckpointError: refused or unreadable file, or wrongly shaped keys (all listed).
     """
     from glam_bundle.networks.utils import load_partial_state_dict
 
     state_dict = load_original_checkpoint(require_checkpoint(path))
-    loaded, initialised = load_partial_state_dict(network, state_dict, ignore_unexpected=True)
+    try:
+        loaded, initialised = load_partial_state_dict(network, state_dict, ignore_unexpected=True)
+    except (KeyError, ValueError) as exc:
+        raise _named(path, exc) from None
     logger.info("%s: loaded %d tensors into %s", path, len(loaded), type(network).__name__)
     if initialised:
         modules = sorted({key.rsplit(".", 2)[0] if key.count(".") > 1 else key for key in initialised})
@@ -134,6 +257,10 @@ def load_global_module(network: nn.Module, checkpoint_path: str | os.PathLike) -
 
     Returns:
         the loaded keys.
+
+    Raises:
+        FileNotFoundError: no file; CheckpointError: refused or unreadable file, wrongly shaped keys (all listed);
+        CheckpointKeyError (also a KeyError): global-module keys missing (listed).
     """
     from glam_bundle.networks.utils import load_partial_state_dict
 
@@ -145,9 +272,13 @@ def load_global_module(network: nn.Module, checkpoint_path: str | os.PathLike) -
     expected = [k for k in network.state_dict() if k.startswith("global_module.")]
     missing = [k for k in expected if k not in global_state]
     if not global_state or missing:
-        raise KeyError(
-            f"{path}: not a stage-1 GLAM checkpoint: {len(missing)} of the {len(expected)} global-module weights are "
-            f"missing, e.g. {missing[:5]}"
+        raise CheckpointKeyError(
+            path,
+            f"not a stage-1 GLAM checkpoint: {len(missing)} of the {len(expected)} global-module weights are "
+            f"missing: {list_keys(missing)}",
         )
-    loaded, _ = load_partial_state_dict(network, global_state)
+    try:
+        loaded, _ = load_partial_state_dict(network, global_state)
+    except (KeyError, ValueError) as exc:
+        raise _named(path, exc) from None
     return loaded
