@@ -176,11 +176,32 @@ def _nrrd_type_bytes(text: str) -> int | None:
     return None
 
 
-def itk_declared_size(path: str, max_header_bytes: int = 1 << 16) -> DeclaredSize | None:
-    """Size from a MetaImage (.mha/.mhd) or NRRD (.nrrd/.nhdr) text header, decoding nothing.
+def itk_declared_size(path: str) -> DeclaredSize | None:
+    """Size from a MetaImage (.mha/.mhd) or NRRD (.nrrd/.nhdr) header, decoding nothing.
 
-    Returns None when the header cannot be parsed here (ITK then reads the file and reports what it finds).
+    The header text is parsed here (importing ITK costs seconds and ~0.5 GB); a header this parser does not
+    understand is read by ITK's ``ImageIO.ReadImageInformation`` (no pixel data). None when neither can tell.
     """
+    declared = _text_header_declared_size(path)
+    return declared if declared is not None else _itk_io_declared_size(path)
+
+
+def _itk_io_declared_size(path: str) -> DeclaredSize | None:
+    try:
+        import itk
+
+        image_io = itk.ImageIOFactory.CreateImageIO(path, itk.CommonEnums.IOFileMode_ReadMode)
+    except Exception:  # no ITK, or an ITK without this factory API: ITK's reader decides later
+        return None
+    if image_io is None:
+        return None
+    image_io.SetFileName(path)
+    image_io.ReadImageInformation()
+    shape = tuple(int(image_io.GetDimensions(i)) for i in range(image_io.GetNumberOfDimensions()))
+    return DeclaredSize(shape[::-1], int(image_io.GetComponentSize()) * 8, int(image_io.GetNumberOfComponents()))
+
+
+def _text_header_declared_size(path: str, max_header_bytes: int = 1 << 16) -> DeclaredSize | None:
     with open(path, "rb") as handle:
         head = handle.read(max_header_bytes)
     text = head.decode("latin-1")

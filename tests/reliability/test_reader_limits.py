@@ -219,3 +219,15 @@ def test_peak_memory_while_refusing_stays_small(tmp_path):
     assert all(m and "declares 13000x13000" in m for m in refused["messages"]), refused["messages"]
     extra_mb = (refused["maxrss_kb"] - baseline["maxrss_kb"]) / 1024
     assert extra_mb < 100, f"refusing took {extra_mb:.0f} MB more than refusing empty files"
+
+
+def test_itk_header_the_text_parser_does_not_know_is_read_by_itk(tmp_path):
+    """A MetaImage header with an element type spelled as ITK alone knows falls back to ITK's ReadImageInformation."""
+    from glam_bundle.data.image_checks import itk_declared_size
+
+    path = tmp_path / "odd.mha"
+    text = f"ObjectType = Image\nNDims = 2\nDimSize = {HUGE} 9000\nElementType = MET_USHORT_ARRAY\nElementDataFile = LOCAL\n"
+    path.write_bytes(text.encode() + b"\0" * 16)
+    declared = itk_declared_size(str(path))
+    assert (declared.shape, declared.bits) == ((9000, HUGE), 16)
+    assert "declares 9000x13000 pixels at 16 bits = 234 MB decoded" in str(refusal(path))
