@@ -249,6 +249,16 @@ def test_lesion_patch_hits_by_hand():
     assert math.isnan(summarise_patch_recall([], 1)["recall"]["benign"])
 
 
+def test_a_calcification_cluster_counts_as_one_lesion():
+    mask = np.zeros((2, 200, 200), dtype=np.float32)
+    for row, col in ((100, 100), (104, 103), (98, 108), (107, 96)):  # four specks a few pixels apart
+        mask[1, row, col] = 1
+    mask[1, 20, 20] = 1  # a speck far away: another lesion
+    hits = lesion_patch_hits(mask, [[90, 90]], (64, 64), classes=[1])
+    assert sorted(hits["malignant"]) == [-1, 0]  # the cluster hit, the far speck not
+    assert len(lesion_patch_hits(mask, [[90, 90]], (64, 64), classes=[1], merge_distance=0)["malignant"]) == 5
+
+
 def test_patch_recall_of_a_planted_case_is_logged(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
