@@ -8,8 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 PY=.venv/bin/python
-N_IMAGES="${N_IMAGES:-300}"
-DEFAULT_EPOCHS="{'global': 8, 'local': 4, 'joint': 2}"
+N_IMAGES="${N_IMAGES:-200}"
+DEFAULT_EPOCHS="{'global': 6, 'local': 3, 'joint': 2}"
 EPOCHS="${EPOCHS:-$DEFAULT_EPOCHS}"
 PRESET=configs/presets/demo.json
 # Demo training settings (not sizes): the paper's search ranges (appendix F) hold lr, λ and t; these are one draw.
