@@ -3,7 +3,7 @@
 Needs the bundle at 69aaa4e + /tmp/learn/patch_{transforms,global_network,phantom}.diff:
     PYTHONPATH=/tmp/learn/patched/full python demo_preset.py '{"seed": 0}'
 Options (JSON): seed, epochs, aug (crop noise in pixels of the 368x240 frame, 0 = none), mask (mask S to the breast),
-centre (centre-aligned S1/S2 upsampling), gammas, t, lam, lr, bs, n_train, out.
+centre (centre-aligned S1/S2 upsampling in training), centre_eval (same, for evaluation; default = centre), gammas, t, lam, lr, bs, n_train, out.
 """
 import json
 import os
@@ -93,6 +93,7 @@ def loss_fn(net, x, y, breast):
 @torch.no_grad()
 def evaluate(net, data):
     net.eval()
+    net.heads.centre_aligned = cfg.get("centre_eval", cfg["centre"])  # S1/S2 upsampling used for S_g at evaluation
     X, Y, M, B = data
     S, yg = [], []
     for i in range(0, len(X), 8):
@@ -105,6 +106,7 @@ def evaluate(net, data):
     from sklearn.metrics import roc_auc_score
     aucs = [roc_auc_score(Y[:, c].numpy(), yg[:, c].numpy()) for c in range(2)]
     net.train()
+    net.heads.centre_aligned = cfg["centre"]
     return [round(float(d), 3) for d in dice], [round(float(a), 3) for a in aucs], S
 
 
