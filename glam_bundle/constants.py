@@ -12,6 +12,8 @@ __all__ = [
     "LATERALITIES",
     "MODEL_FRAME_SIZE",
     "PATCH_SIZE",
+    "BREAST_MASK_EROSION",
+    "BREAST_CROP_BUFFER",
     "NYU_PIXEL_SPACING_MM",
     "IMAGE_KEY",
     "MASK_FILE_KEYS",
@@ -37,6 +39,10 @@ LATERALITIES: tuple[str, ...] = ("L", "R")
 MODEL_FRAME_SIZE: tuple[int, int] = (2944, 1920)
 # Local-module patch size (rows, cols) in model-frame pixels.
 PATCH_SIZE: tuple[int, int] = (512, 512)
+# The original preprocessing's pixel constants (glam_reference.md §5.1), for raw images near the model frame's
+# size: the breast mask's erosion/dilation iterations and the crop buffer around the breast.
+BREAST_MASK_EROSION = 100
+BREAST_CROP_BUFFER = 50
 # Pixel spacing assumed for the NYU model frame. Not stated by the GLAM authors: NYU's screening mammograms were
 # acquired on full-field digital units whose detector pitch is 0.07-0.1 mm; 0.1 mm makes the 2944-row window
 # 29.4 cm tall (a 24x30 cm detector) and the sample CC views (2023 and 2144 rows) 20-21 cm, both anatomically

@@ -17,9 +17,23 @@ from pathlib import Path
 # Scripts are run as files, so the repository root (holding glam_bundle) is not on sys.path by itself.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from glam_bundle.constants import SPLITS  # noqa: E402
+from glam_bundle.constants import CLASS_NAMES, SPLITS  # noqa: E402
 from glam_bundle.data.datalist import load_datalist  # noqa: E402
-from glam_bundle.data.phantom import generate_dataset  # noqa: E402
+from glam_bundle.data.phantom import LESION_KINDS, generate_dataset  # noqa: E402
+
+
+def parse_lesion_scale(values: list[str]) -> float | dict[str, float]:
+    """``["2"]`` -> 2.0; ``["benign_mass=2", "malignant=4"]`` -> a mapping by kind or class."""
+    if len(values) == 1 and "=" not in values[0]:
+        return float(values[0])
+    known = set(LESION_KINDS) | set(CLASS_NAMES)
+    scales = {}
+    for value in values:
+        name, sep, number = value.partition("=")
+        if not sep or name not in known:
+            raise ValueError(f"{value!r} is not NUMBER or KIND=NUMBER with KIND one of {', '.join(sorted(known))}")
+        scales[name] = float(number)
+    return scales
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,13 +47,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--malignant", type=float, default=0.3, help="share of breasts with a malignant lesion")
     parser.add_argument("--two_views", action="store_true", help="image every breast in CC and MLO")
     parser.add_argument("--format", choices=("png", "dicom"), default="png", help="image file format (masks: PNG)")
-    parser.add_argument("--lesion_scale", type=float, default=1.0, help="lesion size relative to the default")
+    parser.add_argument(
+        "--lesion_scale", nargs="+", default=["1"], metavar="SCALE",
+        help="lesion size relative to the default: one number, or KIND=NUMBER per lesion kind or class "
+        "(benign_mass, malignant_mass, calcification_cluster, benign, malignant)",
+    )
+    parser.add_argument(
+        "--calcification_mask", choices=("specks", "cluster"), default="specks",
+        help="mask of a calcification cluster: each speck plus 1 px, or the disk holding the specks",
+    )
+    parser.add_argument("--max_attempts", type=int, default=1, help="redraw a view whose lesions find no room")
     parser.add_argument("--contrast_scale", type=float, default=1.0, help="lesion contrast relative to the default")
     parser.add_argument(
         "--fractions", type=float, nargs=3, default=(0.7, 0.1, 0.2), metavar=("TRAIN", "VAL", "TEST"),
         help="training/validation/test shares of the patients (default 0.7 0.1 0.2)",
     )
     args = parser.parse_args(argv)
+    try:
+        lesion_scale = parse_lesion_scale(args.lesion_scale)
+    except ValueError as error:
+        parser.error(f"--lesion_scale: {error}")
     path = generate_dataset(
         args.out_dir,
         n_images=args.n_images,
@@ -50,8 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         two_views=args.two_views,
         fractions=dict(zip(SPLITS, args.fractions)),
         image_format=args.format,
-        lesion_scale=args.lesion_scale,
+        lesion_scale=lesion_scale,
         contrast_scale=args.contrast_scale,
+        calcification_mask=args.calcification_mask,
+        max_attempts=args.max_attempts,
     )
     counts = ", ".join(f"{name} {len(load_datalist(path, name))}" for name in SPLITS)
     print(f"{path}: {counts} items")

@@ -290,3 +290,24 @@ def test_load_partial_state_dict_from_stage_3_into_stage_4():
     assert all(torch.equal(v, before[k]) for k, v in stage4.state_dict().items())
     with pytest.raises(KeyError, match="does not have"):
         load_partial_state_dict(stage4, {"module." + k: v for k, v in stage3.state_dict().items()})
+
+
+def test_centre_aligned_upsampling_puts_each_coarse_cell_on_its_receptive_field_centre():
+    from glam_bundle.networks.global_network import centred_upsample
+
+    coarse = torch.zeros(1, 1, 6, 4)
+    coarse[0, 0, 2, 1] = 1.0
+    fine = centred_upsample(coarse, (23, 15), factor=4)  # odd sizes: 368x240 gives h0 23x15, h2 6x4
+    assert fine.shape == (1, 1, 23, 15)
+    assert fine[0, 0, 8, 4] == 1.0 and fine[0, 0].argmax() == 8 * 15 + 4  # cell (2, 1) -> h0 cell (8, 4)
+    assert fine[0, 0, 6, 4] == pytest.approx(0.5) and fine[0, 0, 12, 4] == 0.0  # linear in between
+    # The release's floor-nearest upsampling paints the same cell on rows 8..11, centred 1.5 cells lower.
+    released = GlobalNetwork(channels=(4, 4, 4, 4, 4), blocks_per_stage=1).eval()
+    aligned = GlobalNetwork(channels=(4, 4, 4, 4, 4), blocks_per_stage=1, centre_aligned=True).eval()
+    aligned.load_state_dict(released.state_dict())
+    x = torch.randn(1, 1, 368, 240)
+    with torch.no_grad():
+        a, b = released(x), aligned(x)
+    torch.testing.assert_close(a["saliency_scales"][:, 0], b["saliency_scales"][:, 0])  # S0 is not resampled
+    torch.testing.assert_close(a["saliency_native_2"], b["saliency_native_2"])
+    assert not torch.allclose(a["saliency_scales"][:, 2], b["saliency_scales"][:, 2])

@@ -207,3 +207,24 @@ def test_generate_dataset_as_dicom_reads_back_like_png(tmp_path):
         assert meta["laterality"] == b["laterality"] and meta["view"] == b["view"]
     with pytest.raises(ValueError, match="image_format"):
         generate_dataset(tmp_path / "x", n_images=1, height=736, width=480, image_format="jpeg")
+
+
+def test_cluster_masks_per_kind_scales_and_redraws(tmp_path):
+    specks = make_phantom(736, 480, "CC", "L", ["calcification_cluster"], 3, calcification_mask="specks")
+    cluster = make_phantom(736, 480, "CC", "L", ["calcification_cluster"], 3, calcification_mask="cluster")
+    np.testing.assert_array_equal(specks.image, cluster.image)  # the mask changes, not the image
+    speck_mask, cluster_mask = specks.masks["malignant"].astype(bool), cluster.masks["malignant"].astype(bool)
+    assert (speck_mask & ~cluster_mask).sum() == 0 and cluster_mask.sum() > 2 * speck_mask.sum()
+    assert ndimage.label(cluster_mask)[1] == 1  # one disk holding every speck
+    # A mapping scales each kind (or class) on its own; missing kinds keep 1.
+    base = make_phantom(736, 480, "CC", "L", ["benign_mass"], 5)
+    scaled = make_phantom(736, 480, "CC", "L", ["benign_mass"], 5, lesion_scale={"benign": 2.0, "malignant": 9.0})
+    assert 3.0 < scaled.masks["benign"].sum() / base.masks["benign"].sum() < 5.0
+    with pytest.raises(ValueError, match="calcification_mask"):
+        make_phantom(64, 48, calcification_mask="outline")
+    # Large lesions in a small frame find no room in some breasts: max_attempts draws those views again.
+    kwargs = dict(n_images=24, height=368, width=240, seed=0, lesion_scale={"benign": 2, "malignant": 4})
+    with pytest.raises(ValueError, match="no room"):
+        generate_dataset(tmp_path / "once", **kwargs)
+    datalist = generate_dataset(tmp_path / "redrawn", max_attempts=20, **kwargs)
+    assert sum(len(load_datalist(datalist, split)) for split in ("training", "validation", "test")) == 24

@@ -701,3 +701,18 @@ def test_contact_sheet_writes_one_png_and_shows_failures(synthetic_items, tmp_pa
     # image is paired with it, not listed as a mammogram (folder listing of issue 10)
     listed = sheet.load_items(tmp_path)
     assert len(listed) == 3 and sum("mask_benign" in item for item in listed) == 1
+
+
+def test_geometry_scale_lets_small_images_through_the_original_erosion_and_buffer(tmp_path):
+    from glam_bundle.atomic_io import save_png_atomic
+    from glam_bundle.data.phantom import make_phantom
+    from glam_bundle.transforms import default_preprocessing
+
+    phantom = make_phantom(368, 240, "CC", "L", ["benign"], 1, lesion_scale=2.0)
+    path = save_png_atomic(phantom.image, tmp_path / "small.png")
+    item = {"image": str(path), "benign": 1, "malignant": 0}
+    with pytest.raises(Exception, match="(?i)breast"):  # the 100-px erosion leaves nothing of a 240-px breast
+        default_preprocessing((368, 240), min_size=0)(dict(item))
+    out = default_preprocessing((368, 240), min_size=0, geometry_scale=368 / 2944)(dict(item))
+    assert out["image"].shape == (1, 368, 240)
+    assert out["image"].meta["crop_box"] is not None

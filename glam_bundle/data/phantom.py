@@ -159,8 +159,13 @@ def _lesion_shape(kind: str, height: float, rng: np.random.Generator) -> tuple[f
     raise ValueError(f"unknown lesion kind {kind!r} (use one of {', '.join(LESION_KINDS)})")
 
 
-def _draw_lesion(kind: str, params: dict, dr: np.ndarray, dc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Intensity added by a lesion and its mask, on offsets (dr, dc) from its centre (broadcast grids)."""
+def _draw_lesion(
+    kind: str, params: dict, dr: np.ndarray, dc: np.ndarray, calcification_mask: str = "specks"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Intensity added by a lesion and its mask, on offsets (dr, dc) from its centre (broadcast grids).
+
+    ``calcification_mask``: "specks" (each speck plus one pixel) or "cluster" (the disk holding every speck, as
+    a radiologist outlines a cluster)."""
     if kind == "benign_mass":
         cos, sin = math.cos(params["angle"]), math.sin(params["angle"])
         u, v = dr * cos + dc * sin, -dr * sin + dc * cos
@@ -194,7 +199,17 @@ def _draw_lesion(kind: str, params: dict, dr: np.ndarray, dc: np.ndarray) -> tup
         distance = np.hypot(dr - off_r, dc - off_c)
         intensity = np.maximum(intensity, np.where(distance <= params["speck"], contrast, 0.0))
         mask |= distance <= params["speck"] + 1.0
+    if calcification_mask == "cluster":
+        radius = float(np.hypot(params["offsets"][:, 0], params["offsets"][:, 1]).max()) + params["speck"] + 1.0
+        mask = np.hypot(dr, dc) <= radius
     return intensity, mask
+
+
+def _kind_scale(lesion_scale: float | Mapping[str, float], kind: str) -> float:
+    """The size factor of a lesion kind: a number for every kind, or a mapping by kind or by class name."""
+    if not isinstance(lesion_scale, Mapping):
+        return float(lesion_scale)
+    return float(lesion_scale.get(kind, lesion_scale.get(LESION_KINDS[kind], 1.0)))
 
 
 def _resolve_kinds(lesions: Sequence[str], rng: np.random.Generator) -> list[str]:
@@ -219,8 +234,9 @@ def make_phantom(
     laterality: str = "L",
     lesions: Sequence[str] = (),
     rng: np.random.Generator | int | None = None,
-    lesion_scale: float = 1.0,
+    lesion_scale: float | Mapping[str, float] = 1.0,
     contrast_scale: float = 1.0,
+    calcification_mask: str = "specks",
 ) -> Phantom:
     """Make one synthetic mammogram view.
 
@@ -232,7 +248,11 @@ def make_phantom(
         rng: a numpy Generator or a seed; the phantom is a deterministic function of it.
         lesion_scale, contrast_scale: lesion size and contrast relative to the defaults (1: sizes and contrasts
             of screening mammograms at the paper's 2944-row frame; a small demo frame needs larger, brighter
-            lesions to keep them visible to the global module's 16-pixel cells).
+            lesions to keep them visible to the global module's 16-pixel cells). ``lesion_scale`` may be a
+            mapping by lesion kind or class name ("benign", "malignant"); missing kinds keep 1.
+        calcification_mask: "specks" (default: each speck plus one pixel) or "cluster" (the disk holding the
+            specks). On speck masks even a perfect map on the global module's 16-px grid reaches a soft Dice of
+            only ~0.35, at any image size; outlines of the cluster are what many datasets (CBIS-DDSM) draw.
 
     Returns:
         :class:`Phantom` (image (H, W) uint16 12-bit, masks per class (H, W) uint8 0/1, labels per class).
@@ -244,6 +264,8 @@ def make_phantom(
         raise ValueError(f"view must be CC or MLO, got {view!r}")
     if laterality not in LATERALITIES:
         raise ValueError(f"laterality must be L or R, got {laterality!r}")
+    if calcification_mask not in ("specks", "cluster"):
+        raise ValueError(f"calcification_mask must be 'specks' or 'cluster', got {calcification_mask!r}")
     rng = np.random.default_rng(rng)
     rows, cols = np.ogrid[:height, :width]
 
@@ -277,7 +299,7 @@ def make_phantom(
     placed: list[_Lesion] = []
     margin = 0.01 * height
     for kind in _resolve_kinds(lesions, rng):
-        extent, params = _lesion_extent(kind, height, rng, lesion_scale, contrast_scale)
+        extent, params = _lesion_extent(kind, height, rng, _kind_scale(lesion_scale, kind), contrast_scale)
         reach = int(math.ceil(extent)) + 1  # half-size of the window the lesion is drawn in
         allowed = breast & (skin_distance > extent + margin) & (pectoral_side < -(extent + margin))
         # The chest wall is not background for the distance transform, so keep the window inside the image.
@@ -291,7 +313,7 @@ def make_phantom(
         window = (slice(centre_r - reach, centre_r + reach + 1), slice(centre_c - reach, centre_c + reach + 1))
         dr = np.arange(-reach, reach + 1, dtype=np.float64)[:, None]
         dc = np.arange(-reach, reach + 1, dtype=np.float64)[None, :]
-        intensity, mask = _draw_lesion(kind, params, dr, dc)
+        intensity, mask = _draw_lesion(kind, params, dr, dc, calcification_mask)
         image[window] += intensity
         masks[LESION_KINDS[kind]][window] |= mask
         placed.append(_Lesion((float(centre_r), float(centre_c)), extent, kind))
@@ -405,8 +427,10 @@ def generate_dataset(
     two_views: bool = False,
     fractions: Mapping[str, float] | None = None,
     image_format: str = "png",
-    lesion_scale: float = 1.0,
+    lesion_scale: float | Mapping[str, float] = 1.0,
     contrast_scale: float = 1.0,
+    calcification_mask: str = "specks",
+    max_attempts: int = 1,
 ) -> Path:
     """Write a phantom dataset: 16-bit PNG images, 0/255 mask PNGs and a split datalist JSON.
 
@@ -416,7 +440,9 @@ def generate_dataset(
     of class c (the classes are drawn independently, so a breast can have both). Labels are noise-free. Mask files
     are written only for classes present in the image.
 
-    ``lesion_scale`` and ``contrast_scale`` are passed to :func:`make_phantom`. ``image_format`` "dicom" writes the images as DICOM (``.dcm``, see :func:`save_dicom_atomic`) instead of
+    ``lesion_scale``, ``contrast_scale`` and ``calcification_mask`` are passed to :func:`make_phantom`. With
+    ``max_attempts`` > 1 a view whose lesions find no room is drawn again (a new breast from
+    ``[seed, breast, view, attempt]``) instead of failing, which large lesion scales need. ``image_format`` "dicom" writes the images as DICOM (``.dcm``, see :func:`save_dicom_atomic`) instead of
     16-bit PNG; masks stay PNG.
 
     Layout: ``out_dir/images/<id>.png``, ``out_dir/masks/<id>_<class>.png``, ``out_dir/datalist.json``
@@ -455,8 +481,17 @@ def generate_dataset(
         for view_index, view in enumerate(breast_views):
             if len(items) == n_images:
                 break
-            view_rng = np.random.default_rng([seed, breast_index, view_index])
-            phantom = make_phantom(height, width, view, laterality, lesions, view_rng, lesion_scale, contrast_scale)
+            for attempt in range(max(1, max_attempts)):
+                view_rng = np.random.default_rng([seed, breast_index, view_index] + ([attempt] if attempt else []))
+                try:
+                    phantom = make_phantom(
+                        height, width, view, laterality, lesions, view_rng, lesion_scale, contrast_scale,
+                        calcification_mask,
+                    )
+                    break
+                except ValueError:
+                    if attempt + 1 >= max(1, max_attempts):
+                        raise
             name = f"phantom_{breast_index:04d}_{laterality}-{view}"
             item = {
                 "image": str(

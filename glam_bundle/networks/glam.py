@@ -50,6 +50,8 @@ class GLAM(nn.Module):
         full_resolution_maps: build ``saliency_local`` and ``saliency`` (two N×2×H×W maps). None (default):
             only in evaluation mode, as training needs neither and they are large (45 MB per image at
             2944×1920 in float32).
+        centre_aligned: upsample S1/S2 onto the h0 grid with each cell on its receptive-field centre instead of
+            the release's floor-nearest (see :class:`MultiScaleSaliencyHeads`); False reproduces the release.
 
     Forward: x (N, 1, H, W), e.g. H=2944, W=1920; ``global_only``; ``labels`` (N, C) image-level labels, used
     only in training mode: the K patches of images whose labels are all 0 are drawn at random
@@ -88,6 +90,7 @@ class GLAM(nn.Module):
         local_channels: Sequence[int] = (64, 128, 256, 512),
         freeze_global: bool = False,
         full_resolution_maps: bool | None = None,
+        centre_aligned: bool = False,
     ) -> None:
         super().__init__()
         if aggregation not in AGGREGATIONS:
@@ -99,7 +102,13 @@ class GLAM(nn.Module):
         self.crop_size = tuple(crop_size)
         self.gamma_c = gamma_c
         self.global_module = GlobalNetwork(
-            in_channels, num_classes, global_percent_t, gammas, global_channels, global_blocks_per_stage
+            in_channels,
+            num_classes,
+            global_percent_t,
+            gammas,
+            global_channels,
+            global_blocks_per_stage,
+            centre_aligned=centre_aligned,
         )
         self.local_module = LocalNetwork(num_classes, layers=local_layers, channels=local_channels)
         local_size = self.local_module.representation_size

@@ -114,6 +114,10 @@ class MultiScaleSaliencyHeads(nn.Module):
         keep_combine: keep the original's unused 1×1 ``combine`` weight (2×6) so that the authors'
             checkpoints load strictly; it takes no part in the forward pass and has ``requires_grad=False``
             (a trainable parameter without gradient breaks DistributedDataParallel).
+        centre_aligned: resample S1/S2 to the h0 grid bilinearly with coarse cell p on h0 cell factor·p, where
+            its receptive field is centred. False (default) is the release's floor-nearest upsampling, which
+            paints S1 and S2 0.9 and 1.9 h0 cells (14 / 30 px at stride 16) down-right of the evidence they
+            respond to (measured from input gradients; docs/stage1_learning.md, C4).
 
     Shapes: (h0, h1, h2) -> (stacked, native): ``stacked`` (N, 3, num_classes, h0_h, h0_w), scales along
     dim 1 in the order S0, S1, S2; ``native`` the list [S0, S1, S2] at the resolutions of h0, h1, h2
@@ -121,9 +125,14 @@ class MultiScaleSaliencyHeads(nn.Module):
     """
 
     def __init__(
-        self, in_channels: Sequence[int] = (64, 128, 256), num_classes: int = 2, keep_combine: bool = True
+        self,
+        in_channels: Sequence[int] = (64, 128, 256),
+        num_classes: int = 2,
+        keep_combine: bool = True,
+        centre_aligned: bool = False,
     ) -> None:
         super().__init__()
+        self.centre_aligned = centre_aligned
         self.conv0, self.conv1, self.conv2 = (nn.Conv2d(c, num_classes, 1, bias=False) for c in in_channels)
         if keep_combine:
             self.combine = nn.Parameter(torch.empty(num_classes, num_classes * 3, 1, 1), requires_grad=False)
@@ -133,8 +142,32 @@ class MultiScaleSaliencyHeads(nn.Module):
         h0, h1, h2 = features
         size = h0.shape[-2:]
         native = [torch.sigmoid(self.conv0(h0)), torch.sigmoid(self.conv1(h1)), torch.sigmoid(self.conv2(h2))]
-        upsampled = [native[0]] + [F.interpolate(s, size=size, mode="nearest") for s in native[1:]]
+        if self.centre_aligned:
+            upsampled = [native[0]] + [centred_upsample(s, size, 2**level) for level, s in enumerate(native[1:], 1)]
+        else:
+            upsampled = [native[0]] + [F.interpolate(s, size=size, mode="nearest") for s in native[1:]]
         return torch.stack(upsampled, dim=1), native
+
+
+def centred_upsample(maps: torch.Tensor, size: Sequence[int], factor: int) -> torch.Tensor:
+    """Linear upsampling of (N, C, h, w) maps to (N, C, *size) with coarse cell p on fine cell factor·p
+    (``factor``: the stride ratio of the two grids, also when odd sizes make h·factor differ from size).
+
+    ``F.interpolate`` has no such mode: ``align_corners=False`` puts cell p at factor·p + (factor - 1)/2 and
+    ``align_corners=True`` stretches the grid to the last cell; here both grids start at the same pixel, as
+    the receptive fields of every level do (feature cell p of stride s sits on image pixel ≈ s·p + 2).
+    Beyond the last coarse cell the value is held.
+    """
+
+    def axis(n_out: int, n_in: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        position = (torch.arange(n_out, device=maps.device, dtype=maps.dtype) / factor).clamp(max=n_in - 1)
+        low = position.floor().long()
+        return low, (low + 1).clamp(max=n_in - 1), position - low
+
+    r0, r1, rw = axis(int(size[0]), maps.shape[-2])
+    c0, c1, cw = axis(int(size[1]), maps.shape[-1])
+    maps = maps[..., r0, :] * (1 - rw)[:, None] + maps[..., r1, :] * rw[:, None]
+    return maps[..., c0] * (1 - cw) + maps[..., c1] * cw
 
 
 class GlobalNetwork(nn.Module):
@@ -146,6 +179,7 @@ class GlobalNetwork(nn.Module):
         percent_t: t of the top-t% pooling (released: 0.03).
         gammas: (γ0, γ1, γ2) weights of S0, S1, S2 in S_g (paper and release: 0.2, 0.6, 0.2).
         channels, blocks_per_stage: backbone size (defaults: the paper's network).
+        centre_aligned: see :class:`MultiScaleSaliencyHeads` (False: the release).
 
     Forward: x (N, 1, H, W) -> dict with
         ``saliency_scales`` (N, 3, 2, h, w): S0, S1, S2 on the h0 grid (184×120 for 2944×1920);
@@ -165,12 +199,13 @@ class GlobalNetwork(nn.Module):
         gammas: Sequence[float] = (0.2, 0.6, 0.2),
         channels: Sequence[int] = (16, 32, 64, 128, 256),
         blocks_per_stage: int = 2,
+        centre_aligned: bool = False,
     ) -> None:
         super().__init__()
         if len(gammas) != 3 or min(gammas) < 0 or abs(sum(gammas) - 1.0) > 1e-6:
             raise ValueError(f"gammas must be three non-negative weights summing to 1, got {gammas}")
         self.backbone = GlobalBackbone(in_channels, channels, blocks_per_stage=blocks_per_stage)
-        self.heads = MultiScaleSaliencyHeads(self.backbone.out_channels, num_classes)
+        self.heads = MultiScaleSaliencyHeads(self.backbone.out_channels, num_classes, centre_aligned=centre_aligned)
         self.pool = TopTPooling(percent_t)
         self.register_buffer("gammas", torch.tensor(gammas, dtype=torch.float32).view(1, 3, 1, 1, 1), persistent=False)
         self.representation_size = self.backbone.out_channels[-1]

@@ -29,6 +29,8 @@ import torch
 from monai.transforms import Compose, DeleteItemsd, EnsureTyped, LoadImaged, NormalizeIntensityd
 
 from glam_bundle.constants import (
+    BREAST_CROP_BUFFER,
+    BREAST_MASK_EROSION,
     CLASS_NAMES,
     IMAGE_KEY,
     MASK_FILE_KEYS,
@@ -118,6 +120,7 @@ def frame_transforms(
     film: bool | str = "auto",
     spacing: float | Sequence[float] | str | None = "auto",
     keep_artefacts: bool | str = False,
+    geometry_scale: float = 1.0,
 ) -> list:
     """Find the breast, face it right and crop the image to it.
 
@@ -141,7 +144,13 @@ def frame_transforms(
             original's. True: digital images are left as the original GLAM pipeline leaves them (its golden
             outputs; NYU 0_L-CC keeps its "L"). Film is cleared either way. The strings "true"/"false" are
             accepted (command line); anything else is a ValueError naming ``keep_artefacts``.
+        geometry_scale: factor on the original's pixel constants, the breast-mask erosion (100 px) and the crop
+            buffer (50 px), which were set for raw images of about the paper's frame. 1 (default) is the
+            original; small synthetic images need their own size over 2944 (at 368x240 the 100-px erosion
+            leaves no breast).
     """
+    if not geometry_scale > 0:
+        raise ValueError(f"geometry_scale must be a positive number, got {geometry_scale!r}")
     film = parse_film(film, "film")
     keep_artefacts = _parse_bool("keep_artefacts", keep_artefacts)
     if isinstance(spacing, str) and spacing.strip().lower() in ("none", "null"):
@@ -156,9 +165,10 @@ def frame_transforms(
             method=method,
             suppress_background=True if film is True else "film" if film else False,
             suppress_artefacts=not keep_artefacts,
+            iterations=max(1, round(BREAST_MASK_EROSION * geometry_scale)),
         ),
         OrientBreastd(keys=_GEOMETRY_KEYS),
-        CropBreastd(keys=_GEOMETRY_KEYS),
+        CropBreastd(keys=_GEOMETRY_KEYS, buffer=max(1, round(BREAST_CROP_BUFFER * geometry_scale))),
     ]
 
 
@@ -212,6 +222,7 @@ def default_preprocessing(
     max_crop_size_noise: int = 100,
     min_size: int | Sequence[int] = PATCH_SIZE,
     keep_artefacts: bool | str = False,
+    geometry_scale: float = 1.0,
 ) -> Compose:
     """The whole GLAM preprocessing chain as a MONAI ``Compose``: the four pieces joined (see the module).
 
@@ -227,10 +238,11 @@ def default_preprocessing(
         min_size: smallest accepted image (H, W).
         keep_artefacts: false (default) clears digital windows outside the breast; true keeps them as the
             original pipeline (see :func:`frame_transforms`).
+        geometry_scale: factor on the breast-mask erosion and crop buffer (see :func:`frame_transforms`).
     """
     return Compose(
         load_transforms(min_size, image_size)
-        + frame_transforms(film, spacing, keep_artefacts)
+        + frame_transforms(film, spacing, keep_artefacts, geometry_scale)
         + window_transforms(image_size, augment, max_crop_noise, max_crop_size_noise)
         + finish_transforms()
     )
