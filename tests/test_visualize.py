@@ -12,11 +12,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.colors
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from monai.data import DataLoader, MetaTensor
+from matplotlib.patches import Rectangle
 from monai.handlers import ValidationHandler
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -28,11 +30,13 @@ from glam_bundle.handlers import GLAMTensorBoardImages, LossTermsLogger
 from glam_bundle.inferers import GLAMInferer
 from glam_bundle.losses import GlobalModuleLoss, JointLoss, LocalModuleLoss
 from glam_bundle.networks import GLAM
+from glam_bundle import figure_style
 from glam_bundle.visualize import (
     OUTSIDE_BREAST_NOTE,
     breast_fraction,
     downsample,
     glam_figure,
+    patch_notes,
     save_glam_figure,
 )
 from tests.conftest import REPO_ROOT
@@ -99,18 +103,28 @@ def test_figure_has_colour_bars_legend_and_title():
     overlays = _saliency_images(fig)
     assert sorted(image.get_gid() for image in overlays) == sorted(
         f"{key}:{cls}" for key in ("saliency_global", "saliency_local", "saliency") for cls in ("benign", "malignant"))
-    for image in overlays:  # a colour bar with the fixed 0-1 scale on every saliency panel
-        assert image.colorbar is not None
-        assert (image.colorbar.vmin, image.colorbar.vmax) == (0.0, 1.0)
-        assert list(image.colorbar.get_ticks()) == [0.0, 0.5, 1.0]
+    for image in overlays:  # a colour bar with the fixed 0-1 scale on every saliency panel, naming its class
+        bar = image.colorbar
+        assert bar is not None and bar.ax in fig.axes
+        assert (bar.vmin, bar.vmax) == (0.0, 1.0)
+        assert list(bar.get_ticks()) == [0.0, 0.5, 1.0]
+        key, cls = image.get_gid().split(":")
+        label = bar.ax.get_ylabel()
+        assert label.startswith(f"{cls} saliency S_") and "0 = none, 1 = highest" in label
+        channel = ("benign", "malignant").index(cls)
+        assert image.axes.get_title().endswith(cls)
+        assert image.axes.title.get_color() == figure_style.CLASS_COLOURS[channel]  # the class colour everywhere
     assert len(fig.legends) == 1 and all(ax.get_legend() is None for ax in fig.axes)
     labels = [text.get_text() for text in fig.legends[0].get_texts()]
-    assert labels == ["benign lesion (ground truth)", "malignant lesion (ground truth)", "selected patch (64×64)"]
+    assert labels == ["benign lesion outline (ground truth)", "malignant lesion outline (ground truth)",
+                      "selected patch (64×64 px)"]
+    handles = fig.legends[0].legend_handles
+    assert [handle.get_color() for handle in handles[:2]] == list(figure_style.CLASS_COLOURS)
     title = fig.get_suptitle()
     assert "phantom_0001.png" in title
-    assert "labels: benign 0, malignant 1" in title
-    assert "benign 0.123, malignant 0.876" in title
-    assert not any(OUTSIDE_BREAST_NOTE in text for text in _texts(fig))
+    assert "true labels (1 = lesion present): benign 0, malignant 1" in title
+    assert "predicted probability ŷ_g (global module): benign 0.123, malignant 0.876" in title
+    assert not any(OUTSIDE_BREAST_NOTE in text for text in _texts(fig) + labels)
 
 
 def test_global_only_figure_and_unknown_labels():
@@ -124,7 +138,8 @@ def test_global_only_figure_and_unknown_labels():
     assert not fig.legends and all(ax.get_legend() is None for ax in fig.axes)  # no mask, no patch: no legend
     assert fig.get_figwidth() > fig.get_figheight()  # one map: one row
     title = fig.get_suptitle()
-    assert "labels: benign unknown, malignant unknown" in title and "predicted: benign 0.200, malignant 0.700" in title
+    assert "labels (1 = lesion present): benign unknown, malignant unknown" in title
+    assert "predicted probability ŷ: benign 0.200, malignant 0.700" in title
 
 
 def test_outside_breast_note_for_a_patch_in_the_background_only():
@@ -136,12 +151,25 @@ def test_outside_breast_note_for_a_patch_in_the_background_only():
     assert breast_fraction(image, in_background, CROP)[0] == 0.0
     assert breast_fraction(image, case["patch_locations"], CROP)[0] > 0.9
 
+    assert patch_notes(image, in_background, CROP) == ["outside the breast (0% breast tissue)"]
+    assert patch_notes(image, case["patch_locations"], CROP) == [""]
+
     fig = glam_figure(**dict(case, patch_locations=in_background))
-    notes = [text for text in _texts(fig) if OUTSIDE_BREAST_NOTE in text]
-    assert notes == ["patch lies outside the breast\n(0% breast tissue)"]
+    assert [text for text in _texts(fig) if OUTSIDE_BREAST_NOTE in text] == ["patch outside the breast"]
+    legend = [text.get_text() for text in fig.legends[0].get_texts()]
+    assert legend[-1] == "selected patch (64×64 px): outside the breast (0% breast tissue)"
+    assert fig.legends[0].legend_handles[-1].get_edgecolor() == matplotlib.colors.to_rgba(figure_style.FLAG_COLOUR)
+
     both = np.concatenate([case["patch_locations"], in_background])
-    notes = [text for text in _texts(glam_figure(**dict(case, patch_locations=both))) if OUTSIDE_BREAST_NOTE in text]
-    assert notes == ["patch 2 lies outside the breast\n(0% breast tissue)"]  # patches are numbered when K > 1
+    fig = glam_figure(**dict(case, patch_locations=both))
+    assert [text for text in _texts(fig) if OUTSIDE_BREAST_NOTE in text] == ["patch 2: outside the breast"]
+    legend = [text.get_text() for text in fig.legends[0].get_texts()]
+    assert legend[2:] == ["selected patch 1 (64×64 px)",  # patches are numbered when K > 1
+                          "selected patch 2 (64×64 px): outside the breast (0% breast tissue)"]
+    boxes = [patch for ax in fig.axes for patch in ax.patches if isinstance(patch, Rectangle)]
+    flagged = [box for box in boxes if box.get_linestyle() == "--"]
+    assert len(boxes) == 2 * len(flagged) == 2 * 7  # each patch on the input and the 6 map panels
+    assert all(box.get_xy() == (WIDTH - CROP[1], HEIGHT - CROP[0]) for box in flagged)
 
 
 def test_breast_fraction_on_a_subsampled_image():
