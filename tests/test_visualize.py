@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from monai.data import DataLoader, MetaTensor
+from ignite.engine import Engine
 from matplotlib.patches import Rectangle
 from monai.handlers import ValidationHandler
 from PIL import Image
@@ -26,7 +27,14 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from glam_bundle.data.failures import collate_skip_failures
 from glam_bundle.data.phantom import make_phantom
 from glam_bundle.engines import GLAMEvaluator, GLAMTrainer
-from glam_bundle.handlers import GLAMTensorBoardImages, LossTermsLogger
+from glam_bundle.handlers import (
+    DatasetLevelPxAP,
+    GLAMTensorBoardImages,
+    ImageLevelPxAP,
+    LossTermsLogger,
+    SoftDice,
+)
+from glam_bundle.handlers.evaluation_report import EvaluationReport
 from glam_bundle.inferers import GLAMInferer
 from glam_bundle.losses import GlobalModuleLoss, JointLoss, LocalModuleLoss
 from glam_bundle.networks import GLAM
@@ -205,6 +213,60 @@ def test_figure_of_a_full_size_case_is_drawn_subsampled():
     fig = glam_figure(image, saliency=saliency, saliency_global=saliency[:, ::16, ::16], patch_locations=[[0, 0]])
     shapes = {image.get_array().shape for ax in fig.axes for image in ax.images}
     assert max(shape[0] for shape in shapes) <= 736
+
+
+# --- evaluation PR curves ----------------------------------------------------------------------------------
+
+
+def _report(tmp_path, min_positive_images=1):
+    """An EvaluationReport over S_g and S_c of 4 images, malignant lesions in 2 of them, no benign lesion."""
+    rng = np.random.default_rng(0)
+    maps = {}
+    for label in ("S_g", "S_c"):
+        maps[label] = {name: cls(output_transform=lambda o: (o["saliency"], o["mask"]))
+                       for name, cls in (("dice", SoftDice), ("image_pxap", ImageLevelPxAP),
+                                         ("dataset_pxap", DatasetLevelPxAP))}
+    batches = []
+    for first in (0, 1):
+        mask = torch.zeros(2, 2, 32, 24)
+        mask[0, 1, 8 + first: 16, 4:12] = 1  # one malignant lesion per batch
+        saliency = torch.as_tensor(rng.uniform(size=(2, 2, 32, 24)), dtype=torch.float32)
+        batches.append({"saliency": saliency, "mask": mask, "label": torch.tensor([[0.0, 1.0], [0.0, 0.0]])})
+    engine = Engine(lambda engine, batch: batch)
+    engine.state.failures = []
+    for label, handlers in maps.items():
+        for name, handler in handlers.items():
+            handler.attach(engine, f"{label}_{name}")
+    report = EvaluationReport(tmp_path, maps, min_positive_images=min_positive_images)
+    report.attach(engine)
+    engine.run(batches)
+    return report
+
+
+def test_pr_curves_say_when_there_are_too_few_positives(tmp_path):
+    report = _report(tmp_path)
+    assert report.positives("benign")[:2] == (0, 0) and report.positives("malignant")[0] == 2
+    benign = report.curve_figure("benign")
+    axis = benign.axes[0]
+    assert not axis.lines  # no curve, no chance line
+    notes = [text.get_text() for text in axis.texts if text.get_gid() == "too-few-positives"]
+    assert notes == ["too few positives to draw a precision-recall curve:\n0 images with a benign lesion mask "
+                     "(at least 1 needed)"]
+    assert axis.get_title() == "4 images, 0 with a benign lesion mask, 0 lesion pixels"
+
+    malignant = report.curve_figure("malignant").axes[0]
+    curves = {line.get_label().split(" ")[0]: line for line in malignant.lines}
+    assert set(curves) == {"S_g", "S_c", "chance"}
+    assert curves["S_g"].get_color() == figure_style.MAP_COLOURS["S_g"]  # the shared style
+    assert curves["S_c"].get_color() == figure_style.MAP_COLOURS["S_c"]
+    assert malignant.get_title() == ("4 images, 2 with a malignant lesion mask, 120 lesion pixels\n"
+                                     "few lesions (fewer than 5 images): the curves are noisy")
+
+    strict = _report(tmp_path / "strict", min_positive_images=3).curve_figure("malignant").axes[0]
+    assert not strict.lines
+    assert "2 images with a malignant lesion mask (at least 3 needed)" in strict.texts[0].get_text()
+    assert sorted(p.name for p in tmp_path.glob("pr_curve_*.png")) == ["pr_curve_benign.png",
+                                                                        "pr_curve_malignant.png"]
 
 
 # --- loss terms ---------------------------------------------------------------------------------------------

@@ -20,12 +20,22 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # headless: figures are written to files only
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 import numpy as np  # noqa: E402
 from ignite.engine import Engine, Events  # noqa: E402
 
 from glam_bundle.atomic_io import atomic_output  # noqa: E402
 from glam_bundle.constants import CLASS_NAMES  # noqa: E402
+from glam_bundle.figure_style import (  # noqa: E402
+    CHANCE_COLOUR,
+    CLASS_COLOURS,
+    LABEL_SIZE,
+    LEGEND_SIZE,
+    MAP_COLOURS,
+    PANEL_TITLE_SIZE,
+    TICK_SIZE,
+    TITLE_SIZE,
+)
 from glam_bundle.handlers.metric_handlers import DatasetLevelPxAP, PerClassMetricHandler  # noqa: E402
 
 __all__ = ["LOCALISATION_METRICS", "TABLE_CLASSES", "format_value", "EvaluationReport"]
@@ -64,7 +74,10 @@ class EvaluationReport:
       scalar of ``engine.state.metrics``. NaN (no image of that class) is written as null.
     - ``table.md``: the paper's Table 1 / Table 2 layout, one row per saliency map; NaN printed as "n/a".
     - ``pr_curve_<class>.png`` per class: the dataset-level precision-recall curve of every map, AP in the
-      legend.
+      legend, the numbers of images, of images with a lesion mask of that class and of lesion pixels under the
+      title. With fewer than ``min_positive_images`` images with a lesion mask of the class (or no lesion
+      pixel) no curve is drawn and the plot says why; with fewer than ``few_positive_images`` the curves are
+      drawn with a note that they rest on few lesions.
 
     Args:
         output_dir: folder of the report (created if needed).
@@ -78,6 +91,8 @@ class EvaluationReport:
         table_classes: classes of the table columns, in column order (the paper: malignant, then benign).
         digits: decimals printed in the table (metrics.json keeps full precision).
         title: heading of table.md.
+        min_positive_images: images with a lesion mask of a class needed to draw its curves.
+        few_positive_images: below this many such images the plot notes that the curves rest on few lesions.
     """
 
     metrics_filename = "metrics.json"
@@ -95,6 +110,8 @@ class EvaluationReport:
         table_classes: Sequence[str] = TABLE_CLASSES,
         digits: int = 3,
         title: str = "GLAM evaluation",
+        min_positive_images: int = 1,
+        few_positive_images: int = 5,
     ) -> None:
         for label, handlers in maps.items():
             missing = [m for m in LOCALISATION_METRICS if m not in handlers]
@@ -114,6 +131,8 @@ class EvaluationReport:
         self.table_classes = tuple(table_classes)
         self.digits = digits
         self.title = title
+        self.min_positive_images = max(1, int(min_positive_images))
+        self.few_positive_images = int(few_positive_images)
         self._reset_counts()
 
     def attach(self, engine: Engine) -> None:
@@ -236,34 +255,66 @@ class EvaluationReport:
         ]
         return "\n".join(lines) + "\n"
 
+    def positives(self, class_name: str) -> tuple[int, int, int]:
+        """(images with a lesion mask of ``class_name``, its lesion pixels, all pixels) behind its PR curves."""
+        index = self.class_names.index(class_name)
+        images = pixels = total = 0
+        for handlers in self.maps.values():  # every map sees the same images and masks: take the largest counts
+            count = handlers["dice"].summary.get(f"{class_name}_count", 0)
+            images = max(images, int(count) if count == count else 0)
+            counts = handlers["dataset_pxap"].metric_fn.histograms()[index].sum(dim=-1)
+            pixels, total = max(pixels, int(counts[1])), max(total, int(counts.sum()))
+        return images, pixels, total
+
+    def curve_figure(self, class_name: str) -> Figure:
+        """The dataset-level PR curves of every map for one class (see the class docstring), as a Figure."""
+        figure = Figure(figsize=(5.5, 5.2), dpi=100, layout="constrained")
+        axis = figure.add_subplot()
+        colour = CLASS_COLOURS[self.class_names.index(class_name)]
+        images, pixels, total = self.positives(class_name)
+        too_few = images < self.min_positive_images or pixels == 0
+        drawn = 0
+        for number, (label, handlers) in enumerate(self.maps.items()):
+            if too_few:
+                break
+            handler = handlers["dataset_pxap"]
+            precision, recall, _ = handler.curve_points()[class_name]
+            if recall.size < 2 or np.isnan(recall).any():
+                continue
+            ap = handler.summary.get(class_name, float("nan"))
+            axis.plot(recall, precision, drawstyle="steps-post", label=f"{label} (AP {format_value(ap)})",
+                      color=MAP_COLOURS.get(label, f"C{number}"), lw=1.6)
+            drawn += 1
+        if not drawn:
+            needed = f"at least {self.min_positive_images} needed" if images < self.min_positive_images else \
+                "no lesion pixel in them"
+            axis.text(0.5, 0.5, f"too few positives to draw a precision-recall curve:\n{images} image"
+                      f"{'' if images == 1 else 's'} with a {class_name} lesion mask ({needed})",
+                      ha="center", va="center", fontsize=LABEL_SIZE + 1, color=colour, wrap=True,
+                      gid="too-few-positives", transform=axis.transAxes)
+        else:
+            # A map carrying no information has precision = the share of lesion pixels at every recall.
+            chance = pixels / max(total, 1)
+            axis.axhline(chance, color=CHANCE_COLOUR, linestyle=":", label=f"chance ({chance:.3f})")
+            axis.legend(loc="upper right", fontsize=LEGEND_SIZE)
+        axis.set(xlim=(0, 1), ylim=(0, 1.02))
+        axis.set_xlabel("pixel recall", fontsize=LABEL_SIZE)
+        axis.set_ylabel("pixel precision", fontsize=LABEL_SIZE)
+        axis.tick_params(labelsize=TICK_SIZE)
+        figure.suptitle(f"Dataset-level pixel precision-recall: {class_name}", fontsize=TITLE_SIZE,
+                        color=colour)
+        counts = f"{self.num_images} images, {images} with a {class_name} lesion mask, {pixels:,} lesion pixels"
+        if drawn and images < self.few_positive_images:
+            counts += f"\nfew lesions (fewer than {self.few_positive_images} images): the curves are noisy"
+        axis.set_title(counts, fontsize=PANEL_TITLE_SIZE)
+        axis.grid(alpha=0.3)
+        return figure
+
     def plot_curves(self, class_name: str, path: str | os.PathLike) -> Path:
-        """Write the dataset-level PR curves of every map for one class to a PNG; returns its path."""
-        figure, axis = plt.subplots(figsize=(5.5, 5), dpi=100)
-        try:
-            chance = None
-            for label, handlers in self.maps.items():
-                handler = handlers["dataset_pxap"]
-                precision, recall, _ = handler.curve_points()[class_name]
-                if recall.size < 2 or np.isnan(recall).any():
-                    continue
-                ap = handler.summary.get(class_name, float("nan"))
-                axis.plot(recall, precision, drawstyle="steps-post", label=f"{label} (AP {format_value(ap)})")
-                counts = handler.metric_fn.histograms()[self.class_names.index(class_name)].sum(dim=-1)
-                chance = float(counts[1]) / max(float(counts.sum()), 1.0)
-            if chance is None:
-                axis.text(0.5, 0.5, f"no image with a {class_name} lesion mask", ha="center", va="center")
-            else:
-                # A map carrying no information has precision = the share of lesion pixels at every recall.
-                axis.axhline(chance, color="grey", linestyle=":", label=f"chance ({chance:.3f})")
-                axis.legend(loc="upper right")
-            axis.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="pixel recall", ylabel="pixel precision")
-            axis.set_title(f"Dataset-level pixel PR curve: {class_name}")
-            axis.grid(alpha=0.3)
-            figure.tight_layout()
-            with atomic_output(path) as tmp:
-                figure.savefig(tmp, format="png")
-        finally:
-            plt.close(figure)
+        """Write :meth:`curve_figure` of one class to a PNG (atomically); returns its path."""
+        figure = self.curve_figure(class_name)
+        with atomic_output(path) as tmp:
+            figure.savefig(tmp, format="png")
         return Path(path)
 
     def completed(self, engine: Engine) -> None:
