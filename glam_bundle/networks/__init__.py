@@ -1,6 +1,7 @@
 """GLAM networks as MONAI-style components."""
 
 from glam_bundle.networks.aggregation import ConcatAggregation, GatedAttentionAggregation
+from glam_bundle.networks.export import EXPORT_OUTPUTS, GLAMExport, export_view
 from glam_bundle.networks.fusion import FusionModule
 from glam_bundle.networks.glam import GLAM, GLAMSaliency
 from glam_bundle.networks.global_network import (
@@ -21,7 +22,9 @@ from glam_bundle.networks.pooling import TopTPooling, top_t_pool
 from glam_bundle.networks.utils import freeze_all_but, load_partial_state_dict, trainable_parameters
 
 __all__ = [
+    "EXPORT_OUTPUTS",
     "GLAM",
+    "GLAMExport",
     "GLAMSaliency",
     "NATIVE_SALIENCY_KEYS",
     "BasicBlockV2",
@@ -35,6 +38,7 @@ __all__ = [
     "MultiScaleSaliencyHeads",
     "TopTPooling",
     "crop_patches",
+    "export_view",
     "freeze_all_but",
     "load_partial_state_dict",
     "paste_patch_maps",

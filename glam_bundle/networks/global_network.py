@@ -138,7 +138,9 @@ class MultiScaleSaliencyHeads(nn.Module):
             self.combine = nn.Parameter(torch.empty(num_classes, num_classes * 3, 1, 1), requires_grad=False)
             nn.init.xavier_normal_(self.combine)
 
-    def forward(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(
+        self, features: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         h0, h1, h2 = features
         size = h0.shape[-2:]
         native = [torch.sigmoid(self.conv0(h0)), torch.sigmoid(self.conv1(h1)), torch.sigmoid(self.conv2(h2))]

@@ -129,6 +129,8 @@ def crop_patches(image: torch.Tensor, locations: torch.Tensor, crop_size: Sequen
     n, k = locations.shape[:2]
     rows = locations[..., 0, None] + torch.arange(crop_size[0], device=image.device)  # (N, K, h_c)
     cols = locations[..., 1, None] + torch.arange(crop_size[1], device=image.device)  # (N, K, w_c)
+    if torch.onnx.is_in_onnx_export():
+        return _crop_patches_gather(image, rows, cols)
     batch = torch.arange(n, device=image.device).view(n, 1, 1, 1)
     # Advanced indices split by the channel slice come first: (N, K, h_c, w_c, C).
     patches = image[batch, :, rows[..., :, None], cols[..., None, :]]
@@ -158,9 +160,50 @@ def paste_patch_maps(
     canvas = patch_maps.new_zeros((n, c, *image_size))
     rows = locations[..., 0, None] + torch.arange(crop_size[0], device=patch_maps.device)
     cols = locations[..., 1, None] + torch.arange(crop_size[1], device=patch_maps.device)
+    if torch.onnx.is_in_onnx_export():
+        return _paste_patch_maps_where(canvas, upsampled, rows, cols)
     batch = torch.arange(n, device=patch_maps.device).view(n, 1, 1)
     for j in range(k):
         canvas[batch, :, rows[:, j, :, None], cols[:, j, None, :]] = upsampled[:, j].permute(0, 2, 3, 1)
+    return canvas
+
+
+# ONNX export (scripts/export_onnx.py) has no multi-dimensional index assignment and no index with a slice
+# between tensor indices; these equivalents copy the same values with gather and where (tests/test_export.py).
+
+
+def _crop_patches_gather(image: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """crop_patches by gather: image (N, C, H, W), rows (N, K, h_c), cols (N, K, w_c) -> (N, K, C, h_c, w_c)."""
+    n, c, _, width = image.shape
+    patches = []
+    for j in range(rows.shape[1]):
+        row_index = rows[:, j].view(n, 1, -1, 1).expand(n, c, rows.shape[2], width)
+        band = torch.gather(image, 2, row_index)  # (N, C, h_c, W)
+        col_index = cols[:, j].view(n, 1, 1, -1).expand(n, c, rows.shape[2], cols.shape[2])
+        patches.append(torch.gather(band, 3, col_index))
+    return torch.stack(patches, dim=1)
+
+
+def _paste_patch_maps_where(
+    canvas: torch.Tensor, upsampled: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+) -> torch.Tensor:
+    """paste_patch_maps by gather and where: canvas (N, C, H, W), upsampled (N, K, C, h_c, w_c) maps at the
+    crop size, rows (N, K, h_c) and cols (N, K, w_c) their image rows and columns (consecutive, inside the image).
+    Later patches overwrite earlier ones, as the indexed assignment."""
+    n, c, height, width = canvas.shape
+    image_rows = torch.arange(height, device=canvas.device).view(1, height)
+    image_cols = torch.arange(width, device=canvas.device).view(1, width)
+    for j in range(upsampled.shape[1]):
+        row0, col0 = rows[:, j, :1], cols[:, j, :1]  # (N, 1) upper-left corners
+        row_offset, col_offset = image_rows - row0, image_cols - col0  # (N, H), (N, W)
+        inside_rows = (row_offset >= 0) & (row_offset < rows.shape[2])
+        inside_cols = (col_offset >= 0) & (col_offset < cols.shape[2])
+        row_index = row_offset.clamp(0, rows.shape[2] - 1).view(n, 1, height, 1).expand(n, c, height, cols.shape[2])
+        band = torch.gather(upsampled[:, j], 2, row_index)  # (N, C, H, w_c)
+        col_index = col_offset.clamp(0, cols.shape[2] - 1).view(n, 1, 1, width).expand(n, c, height, width)
+        values = torch.gather(band, 3, col_index)  # (N, C, H, W)
+        inside = (inside_rows.view(n, 1, height, 1) & inside_cols.view(n, 1, 1, width))
+        canvas = torch.where(inside, values, canvas)
     return canvas
 
 

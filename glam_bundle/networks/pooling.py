@@ -8,8 +8,12 @@ from torch import nn
 
 def top_t_count(num_values: int, percent_t: float) -> int:
     """Number of values averaged by top-t% pooling: ``int(round(n * t))`` (Python's half-to-even rounding,
-    as the released code), at least 1."""
-    return max(1, int(round(num_values * percent_t)))
+    as the released code), at least 1.
+
+    ``num_values`` may be a 0-dim tensor: ``torch.jit.trace`` records tensor sizes as tensors, and ``int`` makes
+    the count a constant of the traced graph (a traced network keeps the input size it was traced with).
+    """
+    return max(1, int(round(int(num_values) * percent_t)))
 
 
 def top_t_pool(values: torch.Tensor, percent_t: float) -> torch.Tensor:
