@@ -65,6 +65,7 @@ __all__ = [
     "breast_fraction",
     "patch_notes",
     "colour_bar_label",
+    "legend_title",
     "format_title",
     "glam_figure",
     "save_figure_png",
@@ -76,6 +77,12 @@ MAP_TITLES = {
     "saliency_global": "global saliency S_g",
     "saliency_local": "local saliency S_l",
     "saliency": "combined saliency S_c",
+}
+# What each map is, for the legend's title (a reader without the docs learns what the overlays show).
+MAP_EXPLANATIONS = {
+    "saliency_global": "S_g from the global module",
+    "saliency_local": "S_l from the local module, inside the patches only",
+    "saliency": "S_c combining S_g and S_l",
 }
 OUTSIDE_BREAST_NOTE = "outside the breast"  # text of the note (tests and readers search for it)
 PREDICTION_NAMES = {"y_global": "ŷ_g (global module)", "y_local": "ŷ_l (local module)",
@@ -91,6 +98,14 @@ def _alpha_ramp(name: str) -> ListedColormap:
     colours = matplotlib.colormaps[name](0.45 + 0.5 * values)
     colours[:, 3] = 0.9 * values**0.7
     return ListedColormap(colours, name=f"{name}_alpha")
+
+
+def legend_title(keys: Sequence[str]) -> str | None:
+    """What the saliency overlays show, for the legend's title; None without maps."""
+    if not keys:
+        return None
+    return ("saliency overlays: how strongly each pixel points to a lesion of the panel's class (0–1; "
+            + "; ".join(MAP_EXPLANATIONS[key] for key in MAP_TITLES if key in keys) + ")")
 
 
 def colour_bar_label(key: str, class_name: str) -> str:
@@ -351,10 +366,15 @@ def glam_figure(
             handles.append(_patch_box(flagged=bool(note), linewidth=1.8,
                                       label=f"selected patch{f' {k}' if numbered else ''} ({size})"
                                       + (f": {note}" if note else "")))
-    if handles:
-        # outlines in the first column, patches in the second (or all in one row when that is short)
+    if handles or maps:
+        # outlines in the first column, patches in the second (or all in one row when that is short); the title
+        # says what the overlays show
+        title = legend_title(maps)
+        if not handles:  # nothing to name but the overlays: their explanation is the only entry, without a handle
+            handles, title = [Line2D([], [], lw=0, label=title)], None
         columns = 2 if mask is not None and len(handles) > 3 else len(handles)
-        fig.legend(handles=handles, loc="outside lower center", ncol=columns, fontsize=LEGEND_SIZE, frameon=False)
+        fig.legend(handles=handles, loc="outside lower center", ncol=columns, fontsize=LEGEND_SIZE, frameon=False,
+                   title=title, title_fontsize=LEGEND_SIZE, handlelength=None if title or handles[0].get_lw() else 0)
 
     # Saliency panels: one column per map, benign on top, malignant below; colour bars on the fixed 0-1 scale.
     for cells, (key, values) in zip(map_cells, maps.items()):

@@ -2,8 +2,9 @@
 
 Reads a datalist JSON (the bundle's format; ``--split`` picks a split, default all) or a folder of images,
 runs :func:`glam_bundle.transforms.default_preprocessing` on each item and draws the downsampled
-standardised window with the breast mask (cyan), benign (green) and malignant (red) lesion outlines.
-Items that fail show their error instead. The PNG is written atomically.
+standardised window with the breast mask (cyan), benign (green) and malignant (red) lesion outlines (the
+colours of every bundle figure, :mod:`glam_bundle.figure_style`; a legend under the grid names them). Items that
+fail show their error instead. The PNG is written atomically.
 
 Examples::
 
@@ -28,6 +29,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from monai.transforms import Compose, DeleteItemsd  # noqa: E402
 
@@ -38,8 +40,17 @@ from glam_bundle.data.errors import BadInputError  # noqa: E402
 from glam_bundle.constants import MODEL_FRAME_SIZE  # noqa: E402
 from glam_bundle.transforms import default_preprocessing  # noqa: E402
 from glam_bundle.atomic_io import atomic_output  # noqa: E402
+from glam_bundle.figure_style import (  # noqa: E402
+    BREAST_COLOUR,
+    CLASS_COLOURS,
+    FLAG_COLOUR,
+    IMAGE_CMAP,
+)
 
-OUTLINE_COLOURS = {"breast": "cyan", "benign": "lime", "malignant": "red"}
+OUTLINE_COLOURS = {"breast": BREAST_COLOUR, "benign": CLASS_COLOURS[0], "malignant": CLASS_COLOURS[1]}
+OUTLINE_LABELS = {"breast": "breast mask", "benign": "benign lesion (ground truth)",
+                  "malignant": "malignant lesion (ground truth)"}
+TILE_TITLE_SIZE = 6  # tiles are small: their three-line titles, the sheet's title and legend use a smaller font
 
 
 def load_items(source: str | os.PathLike, split: str | None = None, recursive: bool = False) -> list[dict]:
@@ -78,14 +89,14 @@ def tile_title(item: dict, out: dict | None) -> str:
 def draw_tile(axis, item: dict, out: dict | None, error: str | None, factor: int) -> None:
     axis.set_xticks([])
     axis.set_yticks([])
-    axis.set_title(tile_title(item, out), fontsize=6)
+    axis.set_title(tile_title(item, out), fontsize=TILE_TITLE_SIZE)
     if out is None:
-        axis.text(0.5, 0.5, error or "failed", ha="center", va="center", wrap=True, fontsize=6, color="red",
-                  transform=axis.transAxes)
+        axis.text(0.5, 0.5, error or "failed", ha="center", va="center", wrap=True, fontsize=TILE_TITLE_SIZE,
+                  color=FLAG_COLOUR, transform=axis.transAxes)
         return
     image = downsample(out["image"], factor)[0]
     low, high = np.percentile(image, [1, 99.5])
-    axis.imshow(image, cmap="gray", vmin=low, vmax=high if high > low else low + 1)
+    axis.imshow(image, cmap=IMAGE_CMAP, vmin=low, vmax=high if high > low else low + 1)
     outlines = [("breast", downsample(out["breast_mask"], factor, "max")[0])]
     mask = downsample(out["mask"], factor, "max")
     outlines += [("benign", mask[0]), ("malignant", mask[1])]
@@ -131,7 +142,14 @@ def contact_sheet(
                 cause = cause.__cause__
             out, error = None, f"{type(cause).__name__}: {cause}"
         draw_tile(axis, item, out, error, factor)
-    figure.tight_layout()
+    handles = [Line2D([], [], color=OUTLINE_COLOURS[name], lw=1.5, label=label)
+               for name, label in OUTLINE_LABELS.items()]
+    figure.suptitle("Preprocessed images. Tile titles: name; view, laterality, benign/malignant labels (? unknown);\n"
+                    "film or digital, pixel spacing; in brackets the rule that decided each", fontsize=TILE_TITLE_SIZE + 1)
+    figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=TILE_TITLE_SIZE + 1,
+                  frameon=False)
+    height = figure.get_figheight()  # margins in inches: the legend below, the two-line title above
+    figure.tight_layout(rect=(0, 0.3 / height, 1, 1 - 0.4 / height))
 
     output = Path(output)
     try:

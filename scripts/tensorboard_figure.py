@@ -32,10 +32,16 @@ from PIL import Image  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
 from glam_bundle.atomic_io import atomic_output  # noqa: E402
+from glam_bundle.figure_style import (  # noqa: E402
+    CURVE_COLOUR,
+    LABEL_SIZE,
+    PANEL_FACE,
+    PANEL_TITLE_SIZE,
+    TICK_SIZE,
+    TITLE_SIZE,
+)
 
 EVENT_PATTERN = "events.out.tfevents.*"
-CURVE_COLOUR = "#ff7043"  # TensorBoard's orange
-PANEL_FACE = "#f5f5f5"
 
 
 class NoEventsError(RuntimeError):
@@ -144,7 +150,7 @@ def tensorboard_figure(
         image_height = width / image_columns * aspect + 0.4
     height = 0.8 + 2.3 * scalar_rows + image_height * image_rows
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained", facecolor="white")
-    fig.suptitle(f"TensorBoard: {Path(log_dir)}", fontsize=12, x=0.01, ha="left", fontweight="bold")
+    fig.suptitle(f"TensorBoard: {Path(log_dir)}", fontsize=TITLE_SIZE + 2, x=0.01, ha="left", fontweight="bold")
     ratios = [2.3] * scalar_rows + [image_height] * image_rows
     if not ratios:
         ratios = [1.0]
@@ -171,10 +177,10 @@ def tensorboard_figure(
                 ax.plot(steps, values, color=CURVE_COLOUR, lw=1.5, marker="o" if len(values) < 20 else None,
                         markersize=3)
             last = values[-1]
-            ax.set_title(f"{tag}\nlast {last:.4g} (step {int(steps[-1])})", fontsize=8, loc="left")
-            ax.tick_params(labelsize=7)
+            ax.set_title(f"{tag}\nlast {last:.4g} (step {int(steps[-1])})", fontsize=LABEL_SIZE, loc="left")
+            ax.tick_params(labelsize=TICK_SIZE)
             ax.grid(True, color="white", lw=1)
-            ax.set_xlabel("step", fontsize=7)
+            ax.set_xlabel("step", fontsize=TICK_SIZE)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             for spine in ax.spines.values():
                 spine.set_visible(False)
@@ -188,7 +194,7 @@ def tensorboard_figure(
             ax = fig.add_subplot(cells[column])
             ax.imshow(np.asarray(image), interpolation="antialiased")
             ax.set_axis_off()
-            ax.set_title(f"{tag}  (step {step})", fontsize=9, loc="left")
+            ax.set_title(f"{tag}  (step {step})", fontsize=PANEL_TITLE_SIZE, loc="left")
     return fig
 
 

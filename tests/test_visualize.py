@@ -126,6 +126,8 @@ def test_figure_has_colour_bars_legend_and_title():
     labels = [text.get_text() for text in fig.legends[0].get_texts()]
     assert labels == ["benign lesion outline (ground truth)", "malignant lesion outline (ground truth)",
                       "selected patch (64×64 px)"]
+    assert "S_g from the global module; S_l from the local module, inside the patches only; S_c combining S_g " \
+        "and S_l" in fig.legends[0].get_title().get_text()
     handles = fig.legends[0].legend_handles
     assert [handle.get_color() for handle in handles[:2]] == list(figure_style.CLASS_COLOURS)
     title = fig.get_suptitle()
@@ -143,7 +145,10 @@ def test_global_only_figure_and_unknown_labels():
     fig = glam_figure(**case)
     assert sorted(image.get_gid() for image in _saliency_images(fig)) == ["saliency_global:benign",
                                                                            "saliency_global:malignant"]
-    assert not fig.legends and all(ax.get_legend() is None for ax in fig.axes)  # no mask, no patch: no legend
+    assert len(fig.legends) == 1  # no mask, no patch: the legend only says what the overlays show
+    assert [text.get_text() for text in fig.legends[0].get_texts()] == [
+        "saliency overlays: how strongly each pixel points to a lesion of the panel's class (0–1; "
+        "S_g from the global module)"]
     assert fig.get_figwidth() > fig.get_figheight()  # one map: one row
     title = fig.get_suptitle()
     assert "labels (1 = lesion present): benign unknown, malignant unknown" in title
