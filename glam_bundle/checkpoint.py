@@ -21,13 +21,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from glam_bundle.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 # Keys listed in an error message before "... and N more".
 _LISTED_KEYS = 20
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint cannot be used: refused (its pickle asks for code), unreadable, or not matching the network.
 
     The message starts with the file (when known), e.g. ``"/m/x.pt: refused: the file's pickle asks for ...``.
@@ -51,6 +53,35 @@ class CheckpointError(ValueError):
 
 class CheckpointKeyError(CheckpointError, KeyError):
     """Keys the network needs are missing from the checkpoint (also a KeyError, as raised here before)."""
+
+
+class CheckpointNotFoundError(UserError, FileNotFoundError):
+    """No checkpoint file where a setting points (also a FileNotFoundError, as raised here before).
+
+    The message is one line: the setting, the path (with its absolute form when given relative) and what to do,
+    e.g. ``"--ckpt_path ./models/model.pt: checkpoint not found (looked for /w/models/model.pt); ..."``.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+    def __reduce__(self):
+        return self.__class__, (self.args[0],)
+
+
+def _looked_for(path: str | os.PathLike) -> str:
+    """``"<path>"``, plus ``" (looked for <absolute path>)"`` when ``path`` is relative, or what is there instead."""
+    path = os.fspath(path)
+    text = path if os.path.isabs(path) else f"{path} (looked for {os.path.abspath(path)})"
+    if os.path.isdir(path):
+        return f"{text}: a folder, not a checkpoint file"
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        return f"{text}: checkpoint not found (its folder {parent} does not exist)"
+    return f"{text}: checkpoint not found"
 
 
 def list_keys(keys: Sequence[str], limit: int = _LISTED_KEYS) -> str:
@@ -200,17 +231,40 @@ def load_original_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     return dict(checkpoint)
 
 
-def require_checkpoint(path: str | os.PathLike) -> str:
-    """Return ``path`` as a string if it is a file; otherwise raise FileNotFoundError saying what to do.
+def require_checkpoint(path: str | os.PathLike, setting: str = "ckpt_path") -> str:
+    """Return ``path`` as a string if it is a file; otherwise raise :class:`CheckpointNotFoundError` (a
+    FileNotFoundError) naming the setting, the file it looked for and what to do.
 
     Used as ``CheckpointLoader``'s ``load_path`` so that evaluation stops before any image is processed,
-    with a message that starts with the path instead of torch's bare "No such file or directory".
+    with one line instead of torch's bare "No such file or directory".
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{path}: checkpoint not found; train first or pass the weights with --ckpt_path <file.pt>."
+        raise CheckpointNotFoundError(
+            f"--{setting} {_looked_for(path)}; train first (the training configs write models/*.pt) or pass "
+            f"the weights with --{setting} <file.pt>"
         )
     return str(path)
+
+
+def check_inference_checkpoint(path: str | os.PathLike | None, allow_random_weights: bool = False) -> bool:
+    """Whether inference has weights to load from ``path``; refuses to go on without them unless asked.
+
+    Returns True when ``path`` is a file. Without one, raises :class:`CheckpointNotFoundError` naming the file it
+    looked for and the two ways on (a trained or converted checkpoint, or ``--allow_random_weights true``); with
+    ``allow_random_weights`` it logs a warning and returns False (the caller then leaves the network's random
+    initialisation: outputs are meaningless, useful only to try the pipeline).
+    """
+    if path and os.path.isfile(path):
+        return True
+    if not allow_random_weights:
+        raise CheckpointNotFoundError(
+            f"--ckpt_path {_looked_for(path or '')}; give the trained weights (--ckpt_path models/model.pt, or the "
+            "authors' weights converted with scripts/import_original_checkpoint.py), or --allow_random_weights true "
+            "to run with random weights (meaningless outputs)"
+        )
+    logger.warning("%s not found: running with randomly initialised weights (--allow_random_weights true); "
+                   "the predictions and maps are meaningless", path)
+    return False
 
 
 def load_weights(network: nn.Module, path: str | os.PathLike) -> nn.Module:
@@ -226,7 +280,7 @@ def load_weights(network: nn.Module, path: str | os.PathLike) -> nn.Module:
     """
     from glam_bundle.networks.utils import load_partial_state_dict
 
-    state_dict = load_original_checkpoint(require_checkpoint(path))
+    state_dict = load_original_checkpoint(require_checkpoint(path, setting="init_checkpoint"))
     try:
         loaded, initialised = load_partial_state_dict(network, state_dict, ignore_unexpected=True)
     except (KeyError, ValueError) as exc:
@@ -266,7 +320,10 @@ def load_global_module(network: nn.Module, checkpoint_path: str | os.PathLike) -
 
     path = Path(checkpoint_path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: stage-1 checkpoint not found; train the global module first (stage 1)")
+        raise CheckpointNotFoundError(
+            f"{_looked_for(path).replace('checkpoint not found', 'stage-1 checkpoint not found')}; train the global "
+            "module first (stage 1: configs/train_global.json)"
+        )
     state = load_original_checkpoint(path)
     global_state = {k: v for k, v in state.items() if k.startswith("global_module.")}
     expected = [k for k in network.state_dict() if k.startswith("global_module.")]

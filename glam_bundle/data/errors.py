@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import os
 
+from glam_bundle.errors import UserError
+
 __all__ = ["BadInputError"]
 
 
-class BadInputError(ValueError):
+class BadInputError(UserError, ValueError):
     """An input file cannot be used: missing, unreadable, or with content the model cannot take.
+
+    A :class:`glam_bundle.errors.UserError`: when one ends a run (a datalist or folder that cannot be read), it is
+    printed as one line ``error: <path>: <problem>`` (one bad image among many is only reported, see
+    :mod:`glam_bundle.data.failures`).
 
     The message always starts with the file path so that a failure report can be traced back to the
     datalist entry, e.g. ``"/data/a.png: RGB image (3 channels); expected one grayscale channel"``.

@@ -1,0 +1,242 @@
+"""Mistakes a user can fix, reported as one line; the full traceback only with ``GLAM_DEBUG=1``.
+
+The bundle runs under MONAI's own entry point (``python -m monai.bundle run --config_file ...``), whose config
+expressions wrap every exception in ``RuntimeError("Failed to evaluate ConfigExpression ...")`` and whose
+``StatsHandler`` logs every engine exception with its traceback. Without help, a misspelt path reaches the user as
+two chained tracebacks of ~65 lines with the cause in the middle. So importing :mod:`glam_bundle` (every config
+does, ``"$import glam_bundle"``) calls :func:`install`, which
+
+- sets ``sys.excepthook``: an uncaught exception whose chain (``raise ... from``, MONAI's wrapping) holds a
+  :class:`UserError` (or one of the bundle's other user-error types, a full disk, or one of the known
+  third-party errors in :data:`KNOWN_ERRORS`) is printed as one line ``error: <message>`` on stderr and the
+  process exits with :data:`EXIT_USER_ERROR` (2). Any other exception keeps Python's traceback (exit 1);
+- strips the traceback from log records of such errors (``logger.exception`` in MONAI's ``StatsHandler``), keeping
+  their one-line message.
+
+``GLAM_DEBUG=1`` (any value but "", "0", "false", "no") turns both off: every error shows its full traceback.
+
+Every user-error message is one line that starts with the setting and/or the file (``--ckpt_path
+./models/model.pt: ...``) and ends with what to do. ``docs/troubleshooting.md`` lists them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import errno
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable, Iterator
+
+__all__ = [
+    "DEBUG_ENV",
+    "EXIT_USER_ERROR",
+    "UserError",
+    "ConfigError",
+    "AllCasesFailedError",
+    "debug_enabled",
+    "exception_chain",
+    "is_disk_full",
+    "user_error_message",
+    "install",
+]
+
+DEBUG_ENV = "GLAM_DEBUG"
+EXIT_USER_ERROR = 2
+DEBUG_HINT = f"(traceback: {DEBUG_ENV}=1)"
+CACHE_HINT = "use --cache memory (RAM) or --cache none (no cache) instead of the disk cache"
+
+# User-error types defined in modules that do not derive from UserError, by qualified name (importing them here
+# would import torch-heavy modules at ``import glam_bundle``).
+_NAMED_USER_ERRORS = frozenset({
+    "glam_bundle.handlers.resume.ResumeError",
+    "glam_bundle.data.patch_cache.PatchCacheMissingError",
+})
+
+
+class UserError(Exception):
+    """A mistake the user can fix (a setting, a path, an input file); its message is one line naming the setting
+    and/or the file and what to do. The error hook prints it as ``error: <message>`` without a traceback."""
+
+    def __str__(self) -> str:
+        return one_line(super().__str__())
+
+
+class ConfigError(UserError, ValueError):
+    """A setting has a value the bundle cannot use, e.g. ``--max_epochs 0`` or ``--cache dsk``.
+
+    Args:
+        setting: the config key as given on the command line (without ``--``).
+        value: the value it has.
+        problem: what is wrong and what to do, e.g. ``"must be one of disk, memory, none"``.
+    """
+
+    def __init__(self, setting: str, value, problem: str):
+        self.setting, self.value, self.problem = setting, value, problem
+        super().__init__(f"--{setting} {value}: {problem}")
+
+    def __reduce__(self):
+        return self.__class__, (self.setting, self.value, self.problem)
+
+
+class AllCasesFailedError(UserError, RuntimeError):
+    """Every case of a run (or of a training epoch) failed to load, so the run has no result.
+
+    Args:
+        n_failed: how many cases failed; report: the CSV listing them; first: the first failure record
+            (``{"image": ..., "error": ...}``); what: what the cases are ("images", "training images", ...).
+    """
+
+    def __init__(self, n_failed: int, report: str | os.PathLike, first: dict | None = None, what: str = "images"):
+        self.n_failed, self.report, self.first, self.what = n_failed, os.fspath(report), first or {}, what
+        example = ""
+        if self.first:
+            error = str(self.first.get("error", ""))
+            image = str(self.first.get("image", ""))
+            example = f"; the first: {error if error.startswith(image) else f'{image}: {error}'}"
+        super().__init__(
+            f"all {n_failed} {what} failed, none was processed (listed in {self.report}){example}; fix or replace "
+            "the files, or check --dataset_dir / --datalist"
+        )
+
+    def __reduce__(self):
+        return self.__class__, (self.n_failed, self.report, self.first, self.what)
+
+
+def one_line(text: str) -> str:
+    """``text`` with its line breaks and runs of blanks as single spaces."""
+    return re.sub(r"\s+", " ", str(text)).strip()
+
+
+def debug_enabled() -> bool:
+    """True when ``GLAM_DEBUG`` asks for full tracebacks."""
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it was raised from, outermost first, as Python prints them (``__cause__``, else an
+    unsuppressed ``__context__``), without cycles."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        yield current
+        seen.add(id(current))
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """True for the bundle's user-error types (:class:`UserError` and the named ones)."""
+    if isinstance(exc, UserError):
+        return True
+    return any(f"{cls.__module__}.{cls.__qualname__}" in _NAMED_USER_ERRORS for cls in type(exc).__mro__)
+
+
+_DISK_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for "no space left on device" (or a disk quota exceeded), also when torch's writer reports it as a
+    RuntimeError ("file write failed")."""
+    if isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS:
+        return True
+    text = str(exc)
+    return isinstance(exc, (OSError, RuntimeError)) and (
+        "No space left on device" in text or "Disk quota exceeded" in text or "file write failed" in text
+    )
+
+
+def _disk_full_message(exc: BaseException) -> str:
+    where = getattr(exc, "filename", None)
+    where = f"writing {where}" if where else one_line(str(exc))[:200]
+    return f"disk full ({where}); free some space (e.g. delete the bundle's cache/ folder), or {CACHE_HINT}"
+
+
+def _max_epochs_message(match: re.Match) -> str:
+    if match.groupdict().get("value") is None:
+        return "--max_epochs: must be a positive number of epochs (got 0 or less); give e.g. --max_epochs 10"
+    return (f"--max_epochs {match.group('value')}: below epoch {match.group('start')}, where the resumed run "
+            "already is; give a larger --max_epochs, or --resume false to train this stage again from the start")
+
+
+# Third-party errors whose cause is a setting: (exception type, pattern of its message, one-line message).
+KNOWN_ERRORS: tuple[tuple[type[BaseException], re.Pattern, Callable[[re.Match], str]], ...] = (
+    (ValueError, re.compile(r"Argument max_epochs is invalid"), _max_epochs_message),
+    (ValueError, re.compile(r"Argument max_epochs should be greater than or equal to the start epoch defined in "
+                            r"the state: (?P<value>\d+) vs (?P<start>\d+)"), _max_epochs_message),
+)
+
+
+def _known_error_message(exc: BaseException) -> str | None:
+    for kind, pattern, message in KNOWN_ERRORS:
+        if isinstance(exc, kind):
+            match = pattern.search(str(exc))
+            if match:
+                return message(match)
+    return None
+
+
+def user_error_message(exc: BaseException) -> str | None:
+    """The one line to show for ``exc`` (searched along its chain), or None when it is not a user's mistake."""
+    for error in exception_chain(exc):
+        if is_user_error(error):
+            return one_line(str(error))
+        if is_disk_full(error):
+            return _disk_full_message(error)
+        known = _known_error_message(error)
+        if known:
+            return known
+    return None
+
+
+def _exit(code: int) -> None:
+    """Exit with ``code`` from inside ``sys.excepthook`` (where ``sys.exit`` cannot change the status Python
+    sets, 1): run the ``atexit`` functions (logging, TensorBoard writers), flush, then ``os._exit``."""
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # a closed stream
+                pass
+        os._exit(code)
+
+
+_previous_hook: Callable | None = None
+_previous_factory: Callable | None = None
+
+
+def _excepthook(exc_type, exc, tb) -> None:
+    message = None if debug_enabled() or not isinstance(exc, Exception) else user_error_message(exc)
+    if message is None:
+        (_previous_hook or sys.__excepthook__)(exc_type, exc, tb)
+        return
+    try:
+        sys.stdout.flush()
+    except Exception:
+        pass
+    sys.stderr.write(f"error: {message} {DEBUG_HINT}\n")
+    sys.stderr.flush()
+    _exit(EXIT_USER_ERROR)
+
+
+def _record_factory(*args, **kwargs) -> logging.LogRecord:
+    record = _previous_factory(*args, **kwargs)
+    exc_info = record.exc_info
+    if exc_info and isinstance(exc_info, tuple) and isinstance(exc_info[1], Exception) and not debug_enabled():
+        if user_error_message(exc_info[1]) is not None:
+            record.exc_info, record.exc_text = None, None
+    return record
+
+
+def install() -> None:
+    """Install the error hook (``sys.excepthook``) and the log-record filter; idempotent. See the module docs."""
+    global _previous_hook, _previous_factory
+    if sys.excepthook is not _excepthook:
+        _previous_hook = sys.excepthook
+        sys.excepthook = _excepthook
+    factory = logging.getLogRecordFactory()
+    if factory is not _record_factory:
+        _previous_factory = factory
+        logging.setLogRecordFactory(_record_factory)
