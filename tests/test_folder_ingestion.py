@@ -260,7 +260,8 @@ def test_inference_outputs_keep_full_stems_and_list_their_files(tmp_path):
     out = tmp_path / "out"
     for _ in range(2):  # the same names on a second run into the same folder
         workflow = ConfigWorkflow(config_file=CONFIG, meta_file=META, workflow_type="infer", logging_file=False,
-                                  dataset_dir=str(tmp_path / "in"), output_dir=str(out), **SMALL_NETWORK_OVERRIDES)
+                                  dataset_dir=str(tmp_path / "in"), output_dir=str(out), allow_random_weights=True,
+                                  **SMALL_NETWORK_OVERRIDES)
         workflow.initialize()
         workflow.run()
         workflow.finalize()

@@ -24,6 +24,7 @@ def read_csv(path):
 
 
 def run_workflow(**override):
+    override.setdefault("allow_random_weights", True)  # no trained weights in the tests
     workflow = ConfigWorkflow(config_file=CONFIG, meta_file=META, workflow_type="infer", logging_file=False, **override)
     workflow.initialize()
     assert workflow.check_properties() == []

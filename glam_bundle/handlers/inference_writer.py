@@ -17,6 +17,7 @@ from ignite.engine import Engine, Events
 from glam_bundle.atomic_io import atomic_output
 from glam_bundle.data.failures import write_failures_csv
 from glam_bundle.data.folder import OUTPUT_NAME_KEY, image_stem
+from glam_bundle.errors import AllCasesFailedError
 from glam_bundle.visualize import save_glam_figure
 
 __all__ = ["PREDICTION_COLUMNS", "META_COLUMNS", "GLAMInferenceWriter"]
@@ -110,7 +111,9 @@ class GLAMInferenceWriter:
     ``output_dir`` and, when the image meta holds them, view, laterality, film and pixel spacing with their
     sources) and ``failures.csv`` (image, error) with the cases that could not be read or written. All files appear
     atomically; while the run goes on, rows are appended (and flushed) to ``predictions.csv.partial``, so a
-    killed run keeps every finished prediction.
+    killed run keeps every finished prediction. At the end of the run, :meth:`log_summary` (the config's last run
+    step) logs how many images failed and where they are listed; when every image failed the handler raises
+    :class:`glam_bundle.errors.AllCasesFailedError` (one line ``error: all N images failed ...``, exit status 2).
 
     Expects the engine's ``state.output`` to hold "pred" (the network's dict, batched) and "label"
     (N, 2) with -1 for unknown, and ``state.batch`` to hold "image" (a MetaTensor with filenames) and,
@@ -138,6 +141,7 @@ class GLAMInferenceWriter:
         self.crop_size = tuple(crop_size)
         self.prediction_key = prediction_key
         self.num_written = 0
+        self.num_failed = 0
         self.write_failures: list[dict[str, str]] = []
         self._stems: set[str] = set()
         self._partial: Any = None  # open handle of predictions.csv.partial during a run
@@ -153,7 +157,7 @@ class GLAMInferenceWriter:
         return self.output_dir / "predictions.csv.partial"
 
     def reset(self, engine: Engine) -> None:
-        self.num_written, self.write_failures, self._stems = 0, [], set()
+        self.num_written, self.num_failed, self.write_failures, self._stems = 0, 0, [], set()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if self._partial is not None:
             self._partial.close()
@@ -229,6 +233,24 @@ class GLAMInferenceWriter:
         self._partial.close()
         self._partial = None
         os.replace(self._partial_path, self.output_dir / "predictions.csv")
+        self.num_failed = len(failures)
         logger.info("inference: %d images written, %d failures, outputs in %s", self.num_written, len(failures),
                     self.output_dir)
+        if failures and not self.num_written:
+            raise AllCasesFailedError(len(failures), self.output_dir / "failures.csv", failures[0])
+
+    def summary(self) -> str:
+        """One line on the finished run: how many images were written and, when some failed, how many and where
+        they are listed. Logged by :meth:`log_summary`."""
+        if self.num_failed:
+            return (f"inference: {self.num_failed} of {self.num_failed + self.num_written} images FAILED (listed in "
+                    f"{self.output_dir / 'failures.csv'}); {self.num_written} written to {self.output_dir}")
+        return f"inference: all {self.num_written} images written to {self.output_dir}"
+
+    def log_summary(self) -> str:
+        """Log :meth:`summary` (a warning when some images failed); configs call it as the run's last step, after
+        the engine's own closing lines, so that it is the run's last line. Returns the line."""
+        line = self.summary()
+        logger.log(logging.WARNING if self.num_failed else logging.INFO, line)
+        return line
 
