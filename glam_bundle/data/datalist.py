@@ -86,7 +86,10 @@ def load_datalist(path: str | os.PathLike, split: str | None = None) -> list[dic
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise BadInputError(path, "datalist file not found") from None
+        raise _datalist_not_found(path) from None
+    except IsADirectoryError:
+        raise BadInputError(path, "a folder, not a datalist file; give the JSON file as --datalist, or its folder as "
+                                   "--dataset_dir") from None
     except (OSError, UnicodeDecodeError) as e:
         raise BadInputError(path, f"cannot read datalist ({e})") from e
     try:
@@ -120,6 +123,25 @@ def load_datalist(path: str | os.PathLike, split: str | None = None) -> list[dic
                     item[key] = os.path.normpath(os.path.join(folder, item[key]))
             items.append(item)
     return items
+
+
+def _datalist_not_found(path: Path) -> BadInputError:
+    """The error for a datalist JSON that is not there: its folder missing (a wrong ``--dataset_dir``), or the file."""
+    folder = path.parent
+    if not folder.is_dir():
+        missing = folder
+        while not missing.parent.is_dir() and missing.parent != missing:  # the first folder of the path not there
+            missing = missing.parent
+        return BadInputError(
+            folder,
+            f"folder not found ({missing} does not exist; looked for {path.name} in it); check --dataset_dir (the "
+            "folder of datalist.json) or give the datalist file with --datalist",
+        )
+    return BadInputError(
+        path,
+        "datalist file not found; give the folder holding datalist.json as --dataset_dir or the file as --datalist "
+        "(scripts/build_datalist.py writes one, see docs/datalists.md)",
+    )
 
 
 def _count(n: int, noun: str) -> str:
@@ -204,6 +226,9 @@ def load_inference_data(
         names = [r if counts[stem] > 1 else n for stem, n, r in zip(stems, names, relative)]
     elif os.path.isfile(dataset_dir):
         raise BadInputError(dataset_dir, "dataset_dir must be a folder of images; give a datalist JSON as --datalist")
+    elif not os.path.isdir(dataset_dir):
+        raise BadInputError(dataset_dir, "image folder not found (--dataset_dir); give the folder of the images to "
+                                         "process, or a datalist JSON with --datalist")
     else:
         items = datalist_from_folder(dataset_dir)
         names = output_names([item["image"] for item in items], dataset_dir)
