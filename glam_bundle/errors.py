@@ -189,18 +189,25 @@ def user_error_message(exc: BaseException) -> str | None:
     return None
 
 
-def _exit(code: int) -> None:
-    """Exit with ``code`` from inside ``sys.excepthook`` (where ``sys.exit`` cannot change the status Python
-    sets, 1): run the ``atexit`` functions (logging, TensorBoard writers), flush, then ``os._exit``."""
+def _exit_with(line: str, code: int) -> None:
+    """From inside ``sys.excepthook`` (where ``sys.exit`` cannot change the status Python sets, 1): run the
+    ``atexit`` functions (logging, TensorBoard writers, the cache report) first, so that ``line`` is the last thing
+    the run prints, write it to stderr, then ``os._exit(code)``."""
     try:
+        sys.stdout.flush()
         atexit._run_exitfuncs()
+    except Exception:  # an exit function failing must not hide the error
+        pass
     finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:  # a closed stream
-                pass
-        os._exit(code)
+        try:
+            sys.stdout.flush()
+        except Exception:  # a closed stream
+            pass
+        try:
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
 
 
 _previous_hook: Callable | None = None
@@ -212,13 +219,7 @@ def _excepthook(exc_type, exc, tb) -> None:
     if message is None:
         (_previous_hook or sys.__excepthook__)(exc_type, exc, tb)
         return
-    try:
-        sys.stdout.flush()
-    except Exception:
-        pass
-    sys.stderr.write(f"error: {message} {DEBUG_HINT}\n")
-    sys.stderr.flush()
-    _exit(EXIT_USER_ERROR)
+    _exit_with(f"error: {message} {DEBUG_HINT}", EXIT_USER_ERROR)
 
 
 def _record_factory(*args, **kwargs) -> logging.LogRecord:
