@@ -11,11 +11,15 @@ This module does not import :mod:`glam_bundle.transforms` (which re-exports ``ma
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
+import logging
 import os
 import re
+import shutil
 import threading
+from copy import deepcopy
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +34,7 @@ from monai.transforms.transform import Randomizable, Transform
 from monai.utils import SpaceKeys, TraceKeys
 
 from glam_bundle.constants import FILE_KEYS
+from glam_bundle.errors import CACHE_HINT, ConfigError, is_disk_full
 
 __all__ = [
     "CACHE_MODES",
@@ -37,7 +42,10 @@ __all__ = [
     "item_fingerprint",
     "allow_cached_meta",
     "make_cached_dataset",
+    "cache_usage",
 ]
+
+logger = logging.getLogger(__name__)
 
 # Attributes that are caches or state filled on first use (not configuration) and would make the hash
 # unstable; thread-local objects (e.g. MONAI's "_tracing") are skipped too.
@@ -164,6 +172,118 @@ def item_fingerprint(item: Mapping) -> bytes:
     return pickle_hashing({"item": dict(item), "files": stats})
 
 
+def _size_text(n_bytes: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n_bytes < 1000 or unit == "GB":
+            return f"{n_bytes:.0f} {unit}" if unit == "bytes" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1000
+    return f"{n_bytes:.1f} TB"  # not reached
+
+
+def _entries(n: int) -> str:
+    return f"{n} {'entry' if n == 1 else 'entries'}"
+
+
+def cache_usage(cache_dir: str | os.PathLike) -> tuple[int, int]:
+    """(number of cache entries, their total size in bytes) of a disk cache folder; (0, 0) when it is missing."""
+    count = size = 0
+    try:
+        with os.scandir(cache_dir) as entries:
+            for entry in entries:
+                if entry.name.endswith(".pt") and entry.is_file():
+                    count += 1
+                    size += entry.stat().st_size
+    except OSError:
+        pass
+    return count, size
+
+
+def _free_bytes(folder: str | os.PathLike) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+# cache folder -> (entries, bytes) when this process first opened it; the end-of-run report compares with them.
+_OPENED: dict[str, tuple[int, int]] = {}
+_REPORTER_PID: list[int] = []
+
+
+def _report_cache_growth() -> None:
+    """At the end of the run (atexit, main process only): each disk cache the run added to, with its size."""
+    if not _REPORTER_PID or _REPORTER_PID[0] != os.getpid():
+        return
+    for folder, (count_before, size_before) in _OPENED.items():
+        count, size = cache_usage(folder)
+        if count > count_before:
+            logger.info("cache: %s now holds %s, %s (%d new, %s); delete it freely (rebuilt when needed), "
+                        "or run with --cache memory / --cache none to keep nothing on disk", folder, _entries(count),
+                        _size_text(size), count - count_before, _size_text(size - size_before))
+
+
+def _register(folder: Path, n_items: int) -> None:
+    """Log the cache's place and size when a dataset opens it; warn when the disk looks too small for it."""
+    key = str(folder.absolute())
+    count, size = cache_usage(folder)
+    if key not in _OPENED:
+        _OPENED[key] = (count, size)
+    if not _REPORTER_PID:
+        _REPORTER_PID.append(os.getpid())
+        atexit.register(_report_cache_growth)
+    free = _free_bytes(folder)
+    logger.info("cache (disk): %s: %s, %s, for %d items; %s free on its disk (delete it freely; --cache "
+                "memory or none keeps nothing on disk)", key, _entries(count), _size_text(size), n_items,
+                _size_text(free) if free is not None else "unknown")
+    if count and free is not None:
+        needed = size / count * max(0, n_items - count)
+        if needed > free:
+            logger.warning("cache (disk): %s: about %s more needed for %d items but %s free; %s", key,
+                           _size_text(needed), n_items, _size_text(free), CACHE_HINT)
+
+
+class _DiskCache(PersistentDataset):
+    """``PersistentDataset`` that goes on without caching when the disk is full (one warning naming the folder and
+    ``--cache memory`` / ``none``), and warns once, after its first new entry, when the free space looks too small
+    for the entries still to come."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._disk_full = False
+        self._space_checked = False
+
+    def _hashfile(self, item: Any) -> Path:
+        return self.cache_dir / f"{self.hash_func(item).decode('utf-8')}{self.transform_hash}.pt"
+
+    def _cachecheck(self, item_transformed):
+        hashfile = self._hashfile(item_transformed)
+        if self._disk_full and not hashfile.is_file():
+            return self._pre_transform(deepcopy(item_transformed))
+        new = not hashfile.is_file()
+        try:
+            result = super()._cachecheck(item_transformed)
+        except (OSError, RuntimeError) as exc:
+            if not is_disk_full(exc):
+                raise
+            self._disk_full = True
+            logger.warning("cache (disk): %s: disk full, items are no longer cached (%s); free some space, or %s",
+                           self.cache_dir, str(exc).strip().splitlines()[0][:200], CACHE_HINT)
+            return self._pre_transform(deepcopy(item_transformed))
+        if new and not self._space_checked and hashfile.is_file():
+            self._space_checked = True
+            self._check_space(hashfile.stat().st_size)
+        return result
+
+    def _check_space(self, entry_bytes: int) -> None:
+        count, _ = cache_usage(self.cache_dir)
+        needed = entry_bytes * max(0, len(self.data) - count)
+        free = _free_bytes(self.cache_dir)
+        if free is not None and needed > free:
+            logger.warning("cache (disk): %s: the %d items still to cache need about %s (%s each) but %s is free; %s",
+                           self.cache_dir, len(self.data) - count, _size_text(needed), _size_text(entry_bytes),
+                           _size_text(free), CACHE_HINT)
+
+
 def make_cached_dataset(
     data: Sequence[Mapping], transform: Compose, cache_dir: str | Path | None = None, cache: str = "disk"
 ) -> Dataset:
@@ -183,15 +303,30 @@ def make_cached_dataset(
       fails in ``__getitem__`` where ``glam_bundle.data.failures.SkipBadCases`` can report it, not while the
       dataset is built. About 23 MB of RAM per 2944×1920 image.
     - ``"none"``: a plain ``Dataset``.
+
+    The disk cache logs its folder, entries, size and the disk's free space when the dataset is created, and at the
+    end of a run that added entries, its new size; it warns (suggesting ``--cache memory`` or ``--cache none``)
+    when the free space looks too small for the items still to cache, and when the disk is full it goes on
+    without caching. A bad ``cache`` or ``cache_dir`` is a :class:`glam_bundle.errors.ConfigError` (one line).
     """
     if cache not in CACHE_MODES:
-        raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
+        raise ConfigError("cache", repr(cache), f"the cache must be one of {', '.join(CACHE_MODES)} (disk: a folder, --cache_dir; "
+                                                "memory: RAM; none: no cache)")
     if cache == "none":
         return Dataset(data=data, transform=transform)
     if cache == "memory":
         return CacheDataset(data=data, transform=transform, runtime_cache=True, progress=False)
     if cache_dir is None:
-        raise ValueError("cache='disk' needs a cache_dir")
+        raise ConfigError("cache_dir", None, "--cache disk needs a cache folder; give --cache_dir <folder>, or --cache "
+                                             "memory / none")
+    cache_dir = Path(cache_dir)
+    if cache_dir.exists() and not cache_dir.is_dir():
+        raise ConfigError("cache_dir", cache_dir, f"a file, not a folder; give a folder for the disk cache, or {CACHE_HINT}")
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError("cache_dir", cache_dir, f"cannot create the cache folder ({exc.strerror or exc}); give a "
+                                                  f"writable --cache_dir, or {CACHE_HINT}") from None
     allow_cached_meta()
     transforms = list(transform.transforms) if isinstance(transform, Compose) else [transform]
     first_random = next(
@@ -201,7 +336,8 @@ def make_cached_dataset(
     head, casts = _defer_trailing_casts(transforms[:first_random])
     tail = casts + transforms[first_random:]
     chain = Compose(head + ([_AfterCache(tail)] if tail else []))
-    return PersistentDataset(
+    _register(cache_dir, len(data))
+    return _DiskCache(
         data=data,
         transform=chain,
         cache_dir=cache_dir,
