@@ -1,5 +1,7 @@
-"""Shared test fixtures: locations of the read-only data in ../shared (never copied into the repo)."""
+"""Shared test fixtures: locations of the read-only data in ../shared (never copied into the repo), and the check
+that the suite writes only to temporary folders (never to the repository's outputs/, models/ or cache/)."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -28,3 +30,45 @@ def require(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"shared data not available: {path}")
     return path
+
+
+# Folders of the repository that the bundle's commands write by default (relative bundle_root "."); a test must
+# pass tmp_path locations (output_dir, ckpt_dir, cache_dir, ...) instead.
+WATCHED_FOLDERS = ("outputs", "models", "cache")
+
+
+def snapshot_folders(root: Path = REPO_ROOT, folders=WATCHED_FOLDERS) -> dict[str, tuple]:
+    """{path relative to ``root``: (size, mtime_ns)} of every file and ("dir",) of every folder under ``folders``."""
+    state: dict[str, tuple] = {}
+    for name in folders:
+        top = root / name
+        if not top.exists():
+            continue
+        for folder, dirs, files in os.walk(top):
+            state[os.path.relpath(folder, root)] = ("dir",)
+            for file in files:
+                path = os.path.join(folder, file)
+                try:
+                    status = os.stat(path)
+                except OSError:  # removed while walking
+                    continue
+                state[os.path.relpath(path, root)] = (status.st_size, status.st_mtime_ns)
+    return state
+
+
+def changed_paths(before: dict[str, tuple], after: dict[str, tuple]) -> list[str]:
+    """The paths created, changed or removed between two :func:`snapshot_folders` results."""
+    return sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def repository_folders_untouched():
+    """Fail the suite when it created, changed or removed anything under the repository's outputs/, models/ or cache/
+    (tests write only to temporary folders). Running the demo at the same time trips it too."""
+    before = snapshot_folders()
+    yield
+    changed = changed_paths(before, snapshot_folders())
+    if changed:
+        shown = ", ".join(changed[:10]) + (f", ... and {len(changed) - 10} more" if len(changed) > 10 else "")
+        pytest.fail(f"the tests wrote into the repository ({len(changed)} paths): {shown}; pass tmp_path folders "
+                    "(output_dir, ckpt_dir, cache_dir) instead", pytrace=False)

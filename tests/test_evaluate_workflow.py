@@ -264,8 +264,9 @@ def test_missing_checkpoint_fails_clearly_from_the_cli(trained, tmp_path):
     for key, value in trained["override"].items():
         args += [f"--{key}", json.dumps(value) if isinstance(value, list) else str(value)]
     result = subprocess.run(args, check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode != 0
-    assert f"FileNotFoundError: {missing}: checkpoint not found" in result.stderr
+    assert result.returncode == 2  # a user error: one line, no traceback (glam_bundle.errors)
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: --ckpt_path {missing}: checkpoint not found") and "Traceback" not in result.stderr
     assert not (output_dir / "metrics.json").exists()
 
 
@@ -289,9 +290,10 @@ def test_require_checkpoint(tmp_path):
     assert require_checkpoint(path) == str(path)
 
 
-def test_training_config_properties(trained):
+def test_training_config_properties(trained, tmp_path):
     """``check_properties()`` of the training config as MONAI apps (MONAI Label/FL) call it."""
-    workflow = _workflow(TRAIN_CONFIG, workflow_type="train", **trained["override"])
+    workflow = _workflow(TRAIN_CONFIG, workflow_type="train", output_dir=str(tmp_path / "train_out"),
+                         ckpt_dir=str(tmp_path / "models"), **trained["override"])
     workflow.initialize()
     assert workflow.check_properties() == []
 
