@@ -159,11 +159,30 @@ def _max_epochs_message(match: re.Match) -> str:
             "already is; give a larger --max_epochs, or --resume false to train this stage again from the start")
 
 
+def _state_dict_message(match: re.Match) -> str:
+    text = match.string
+    parts = []
+    for label, pattern in (("missing", r"Missing key\(s\) in state_dict: (.*?)\.\s*(?:\n|$)"),
+                           ("unexpected", r"Unexpected key\(s\) in state_dict: (.*?)\.\s*(?:\n|$)")):
+        found = re.search(pattern, text)
+        if found:
+            keys = re.findall(r'"([^"]+)"', found.group(1))
+            parts.append(f"{len(keys)} {label} keys (e.g. {keys[0]})" if keys else f"{label} keys")
+    shapes = re.findall(r"size mismatch for ([^:]+):", text)
+    if shapes:
+        parts.append(f"{len(shapes)} of another shape (e.g. {shapes[0]})")
+    found = ", ".join(parts) or f"see {DEBUG_ENV}=1"
+    return (f"--ckpt_path: the checkpoint does not fit the {match.group('network')} network ({found}); give the "
+            "checkpoint of this network (models/model.pt of the final stage), or run with the settings it was "
+            "trained with (image_size, crop_size, network_def#..., the same preset)")
+
+
 # Third-party errors whose cause is a setting: (exception type, pattern of its message, one-line message).
 KNOWN_ERRORS: tuple[tuple[type[BaseException], re.Pattern, Callable[[re.Match], str]], ...] = (
     (ValueError, re.compile(r"Argument max_epochs is invalid"), _max_epochs_message),
     (ValueError, re.compile(r"Argument max_epochs should be greater than or equal to the start epoch defined in "
                             r"the state: (?P<value>\d+) vs (?P<start>\d+)"), _max_epochs_message),
+    (RuntimeError, re.compile(r"Error\(s\) in loading state_dict for (?P<network>\w+)"), _state_dict_message),
 )
 
 

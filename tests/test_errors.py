@@ -43,15 +43,16 @@ def small_args() -> list[str]:
     return args
 
 
-def run_bundle(config, *args, cwd, debug=False):
-    """``python -m monai.bundle run`` with the small network; returns the CompletedProcess."""
+def run_bundle(config, *args, cwd, debug=False, small=True):
+    """``python -m monai.bundle run`` (with the small network unless ``small`` is False); returns the
+    CompletedProcess."""
     config_file = str(CONFIGS / config) if isinstance(config, str) else str([str(CONFIGS / c) for c in config])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("GLAM_DEBUG", None)
     if debug:
         env["GLAM_DEBUG"] = "1"
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_file, "--meta_file", META,
-               *small_args(), *map(str, args)]
+               *(small_args() if small else []), *map(str, args)]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -85,6 +86,21 @@ def test_inference_without_weights_refuses_and_names_the_file(tmp_path, phantoms
                                  "--allow_random_weights true")
     assert "checkpoint not found" in last
     assert not (tmp_path / "out").exists()  # refused before any image
+
+
+def test_checkpoint_of_another_network_is_one_line(tmp_path, phantoms):
+    """The small network's weights into the default-size network: torch's load_state_dict error, as one line."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser.update(SMALL_NETWORK_OVERRIDES)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "small.pt")
+    result = run_bundle("inference.json", "--dataset_dir", phantoms / "images", "--output_dir", tmp_path / "out",
+                        "--ckpt_path", tmp_path / "small.pt", "--image_size", "[736, 480]", cwd=tmp_path, small=False)
+    assert_one_line_error(result, "--ckpt_path: the checkpoint does not fit the GLAM network", "of another shape",
+                          "network_def#")
 
 
 def test_inference_where_every_image_failed_exits_non_zero(tmp_path, phantoms):
