@@ -52,7 +52,10 @@ class GLAMTensorBoardImages(LazySummaryWriter):
     ``saliency``, with ``patch_locations``, whichever the network output holds: the global-only stage has
     only S_g and ŷ_g); at EPOCH_COMPLETED it writes one figure per case under ``<tag>/<image stem>`` with
     global step ``engine.state.epoch``, which MONAI's ``Evaluator.run(global_epoch)`` sets to the trainer's
-    epoch when ``ValidationHandler`` runs it (a stand-alone evaluation writes step 1).
+    epoch when ``ValidationHandler`` runs it (a stand-alone evaluation writes step 1). The figure is the
+    inference figure's (one style, :mod:`glam_bundle.figure_style`): colour bars on 0-1 per class and map, a
+    legend for the outlines and patches, a patch outside the breast flagged, the labels and every prediction
+    the network returns in the title.
 
     Reads ``engine.state.output["pred"]`` (the network's dict, batched: ``decollate=False``) and
     ``engine.state.batch`` ("image" (N, 1, H, W) with its file names in the meta data, "label" (N, 2), "mask"
