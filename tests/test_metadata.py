@@ -12,12 +12,13 @@ import jsonschema
 import pytest
 import torch
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, SMALL_NETWORK_OVERRIDES
 
 META_FILE = REPO_ROOT / "metadata.json"
 META_LINK = REPO_ROOT / "configs" / "metadata.json"
 SCHEMA_FILE = REPO_ROOT / "tests" / "schema" / "meta_schema.json"
 LOGGING_CONF = REPO_ROOT / "configs" / "logging.conf"
+INFERENCE_CONFIG = REPO_ROOT / "configs" / "inference.json"
 ZOO_SCHEMA_NAME = "meta_schema_20240725.json"
 
 SCHEMA = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
@@ -192,30 +193,64 @@ def test_network_data_format_follows_project_conventions(metadata):
     assert probabilities["channel_def"] == class_channels
 
 
-def test_network_matches_network_data_format(tmp_path):
-    """monai's verify_net_in_out (input channels/dtype, output channels/dtype) on the single-tensor GLAM wrapper.
+def test_verify_net_in_out_command_as_documented(tmp_path):
+    """The README's ``verify_net_in_out`` command on ``saliency_network_def`` of configs/inference.json (the
+    configured ``network_def`` returning only S_c): input channels/dtype, output channels/dtype.
 
-    A narrow network on a 256x160 input keeps it fast: widths and patch size change neither the channel
-    counts nor the dtypes; the full 2944x1920 shape itself is checked in the test above.
+    The small network of the workflow tests on a 736x480 input keeps it fast: widths and patch size change
+    neither the channel counts nor the dtypes; the full 2944x1920 shape itself is checked in the test above.
     """
-    from monai.bundle import ConfigParser, verify_net_in_out
+    from monai.bundle import ConfigParser
 
-    network_def = {
-        "_target_": "glam_bundle.networks.GLAMSaliency",
-        "crop_size": [64, 64],
-        "global_channels": [4, 4, 8, 8, 8],
-        "local_layers": [1, 1, 1, 1],
-        "local_channels": [4, 4, 8, 8],
-    }
-    config = _write_json(tmp_path / "network.json", {"network_def": network_def})
-    small_input = {"_meta_#network_data_format#inputs#image#spatial_shape": [256, 160]}
-    verify_net_in_out(net_id="network_def", meta_file=str(META_FILE), config_file=config, device="cpu", **small_input)
+    small = {key: value for key, value in SMALL_NETWORK_OVERRIDES.items() if key != "num_workers"}
+    small["_meta_#network_data_format#inputs#image#spatial_shape"] = small["image_size"]
+    overrides = [item for key, value in small.items() for item in (f"--{key}", json.dumps(value))]
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "--net_id", "saliency_network_def",
+         "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json", "--device", "cpu",
+         *overrides],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "data shape of network is verified with no error" in result.stdout + result.stderr
 
     # verify_net_in_out does not compare spatial sizes: pred must have the input's (H, W)
-    network = ConfigParser({"network_def": network_def}).get_parsed_content("network_def").eval()
+    parser = ConfigParser()
+    parser.read_config(str(INFERENCE_CONFIG))
+    parser.update({key: value for key, value in small.items() if not key.startswith("_meta_")})
+    network = parser.get_parsed_content("saliency_network_def").eval()
     with torch.no_grad():
-        pred = network(torch.rand(1, 1, 256, 160))
-    assert pred.shape == (1, 2, 256, 160)
+        pred = network(torch.rand(1, 1, *small["image_size"]))
+    assert pred.shape == (1, 2, *small["image_size"])
+    # the default network_def returns GLAM's dict, which verify_net_in_out cannot check
+    assert isinstance(parser.get_parsed_content("network_def").eval()(torch.rand(1, 1, *small["image_size"])), dict)
+
+
+def test_verify_metadata_command_as_documented_works_offline(tmp_path):
+    """The README's ``verify_metadata`` command: the schema shipped in tests/schema is used as it is, with no
+    download (a proxy that refuses every connection makes any download attempt fail)."""
+    before = SCHEMA_FILE.read_bytes(), SCHEMA_FILE.stat().st_mtime_ns
+    env = dict(os.environ, http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9",
+               HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9")
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", "configs/metadata.json",
+         "--filepath", "tests/schema/meta_schema.json"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "skipped downloading" in output and "metadata is verified with no error" in output
+    assert (SCHEMA_FILE.read_bytes(), SCHEMA_FILE.stat().st_mtime_ns) == before
+    # the same command on a broken metadata file fails (the check is live)
+    broken = json.loads(META_FILE.read_text(encoding="utf-8"))
+    del broken["network_data_format"]
+    broken_file = _write_json(tmp_path / "metadata.json", broken)
+    failed = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", broken_file,
+         "--filepath", str(SCHEMA_FILE)],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert failed.returncode != 0 and "network_data_format" in failed.stdout + failed.stderr
 
 
 def test_metadata_states_research_use_and_cites_glam(metadata):
