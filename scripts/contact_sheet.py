@@ -145,7 +145,8 @@ def contact_sheet(
     handles = [Line2D([], [], color=OUTLINE_COLOURS[name], lw=1.5, label=label)
                for name, label in OUTLINE_LABELS.items()]
     figure.suptitle("Preprocessed images. Tile titles: name; view, laterality, benign/malignant labels (? unknown);\n"
-                    "film or digital, pixel spacing; in brackets the rule that decided each", fontsize=TILE_TITLE_SIZE + 1)
+                    "film or digital, pixel spacing; in brackets the rule that decided each",
+                    fontsize=TILE_TITLE_SIZE + 1)
     figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=TILE_TITLE_SIZE + 1,
                   frameon=False)
     height = figure.get_figheight()  # margins in inches: the legend below, the two-line title above
