@@ -177,11 +177,23 @@ def _state_dict_message(match: re.Match) -> str:
             "trained with (image_size, crop_size, network_def#..., the same preset)")
 
 
+def _undefined_reference_message(match: re.Match) -> str:
+    key, sub = match.group("key"), match.group("sub")
+    hint = ""
+    if key == "max_epochs":
+        hint = (" (configs/train.json takes one number per stage: --max_epochs \"{'global': 10, 'local': 5, "
+                "'joint': 2}\")")
+    return (f"--{key}: the config reads {key}#{sub}, which is not defined (did a command-line value replace a "
+            f"group of settings?); give a value of the config's own form{hint}")
+
+
 # Third-party errors whose cause is a setting: (exception type, pattern of its message, one-line message).
 KNOWN_ERRORS: tuple[tuple[type[BaseException], re.Pattern, Callable[[re.Match], str]], ...] = (
     (ValueError, re.compile(r"Argument max_epochs is invalid"), _max_epochs_message),
     (ValueError, re.compile(r"Argument max_epochs should be greater than or equal to the start epoch defined in "
                             r"the state: (?P<value>\d+) vs (?P<start>\d+)"), _max_epochs_message),
+    (ValueError, re.compile(r"the referring item `@(?P<key>[\w.]+)::(?P<sub>[\w:.]+)` is not defined in the config"),
+     _undefined_reference_message),
     (RuntimeError, re.compile(r"Error\(s\) in loading state_dict for (?P<network>\w+)"), _state_dict_message),
 )
 

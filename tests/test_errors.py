@@ -207,6 +207,9 @@ def test_user_error_found_in_monai_wrapping():
     assert user_error_message(ValueError("Argument max_epochs should be greater than or equal to the start epoch "
                                          "defined in the state: 2 vs 5. Please...")).startswith("--max_epochs 2: below epoch 5")
     assert "--cache memory" in user_error_message(OSError(errno.ENOSPC, "No space left on device", "/c/x.pt"))
+    undefined = ValueError("the referring item `@max_epochs::global` is not defined in the config content.")
+    assert user_error_message(undefined).startswith("--max_epochs: the config reads max_epochs#global")
+    assert "'global': 10" in user_error_message(undefined)  # train.json's per-stage form
     assert user_error_message(ValueError("something else")) is None
 
 
