@@ -152,7 +152,7 @@ def test_onnx_gather_paths_copy_the_same_values():
     maps = torch.rand(2, 3, 2, 8, 6, generator=generator)
     expected = paste_patch_maps(maps, locations, (96, 80), crop)
     upsampled = torch.nn.functional.interpolate(maps.flatten(0, 1), size=crop, mode="nearest").view(2, 3, 2, *crop)
-    assert torch.equal(_paste_patch_maps_where(maps.new_zeros(2, 2, 96, 80), upsampled, rows, cols), expected)
+    assert torch.equal(_paste_patch_maps_where(upsampled, rows, cols, (96, 80)), expected)
 
 
 # --- TorchScript: monai.bundle ckpt_export ---------------------------------------------------------------------

@@ -157,11 +157,11 @@ def paste_patch_maps(
     n, k, c = patch_maps.shape[:3]
     upsampled = F.interpolate(patch_maps.flatten(0, 1), size=tuple(crop_size), mode="nearest")
     upsampled = upsampled.view(n, k, c, *crop_size)
-    canvas = patch_maps.new_zeros((n, c, *image_size))
     rows = locations[..., 0, None] + torch.arange(crop_size[0], device=patch_maps.device)
     cols = locations[..., 1, None] + torch.arange(crop_size[1], device=patch_maps.device)
     if torch.onnx.is_in_onnx_export():
-        return _paste_patch_maps_where(canvas, upsampled, rows, cols)
+        return _paste_patch_maps_where(upsampled, rows, cols, image_size)
+    canvas = patch_maps.new_zeros((n, c, *image_size))
     batch = torch.arange(n, device=patch_maps.device).view(n, 1, 1)
     for j in range(k):
         canvas[batch, :, rows[:, j, :, None], cols[:, j, None, :]] = upsampled[:, j].permute(0, 2, 3, 1)
@@ -185,12 +185,15 @@ def _crop_patches_gather(image: torch.Tensor, rows: torch.Tensor, cols: torch.Te
 
 
 def _paste_patch_maps_where(
-    canvas: torch.Tensor, upsampled: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+    upsampled: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, image_size: Sequence[int]
 ) -> torch.Tensor:
-    """paste_patch_maps by gather and where: canvas (N, C, H, W), upsampled (N, K, C, h_c, w_c) maps at the
-    crop size, rows (N, K, h_c) and cols (N, K, w_c) their image rows and columns (consecutive, inside the image).
-    Later patches overwrite earlier ones, as the indexed assignment."""
-    n, c, height, width = canvas.shape
+    """paste_patch_maps by gather and where: upsampled (N, K, C, h_c, w_c) maps at the crop size, rows (N, K, h_c)
+    and cols (N, K, w_c) their image rows and columns (consecutive, inside the image) -> (N, C, H, W), zero
+    outside the patches; later patches overwrite earlier ones, as the indexed assignment. The zero background is
+    a scalar (an N×C×H×W zero tensor would be stored in the ONNX file as a constant)."""
+    n, _, c = upsampled.shape[:3]
+    height, width = int(image_size[0]), int(image_size[1])
+    canvas = torch.zeros((), dtype=upsampled.dtype, device=upsampled.device)
     image_rows = torch.arange(height, device=canvas.device).view(1, height)
     image_cols = torch.arange(width, device=canvas.device).view(1, width)
     for j in range(upsampled.shape[1]):
