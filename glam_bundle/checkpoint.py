@@ -256,6 +256,8 @@ def check_inference_checkpoint(path: str | os.PathLike | None, allow_random_weig
     """
     if path and os.path.isfile(path):
         return True
+    if isinstance(allow_random_weights, str):  # the command line gives "true" / "false" as strings
+        allow_random_weights = allow_random_weights.strip().lower() in ("true", "1", "yes", "on")
     if not allow_random_weights:
         raise CheckpointNotFoundError(
             f"--ckpt_path {_looked_for(path or '')}; give the trained weights (--ckpt_path models/model.pt, or the "

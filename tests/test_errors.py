@@ -176,6 +176,8 @@ def test_inference_checkpoint_check(tmp_path, monkeypatch, caplog):
     assert "--allow_random_weights true" in message and isinstance(raised.value, FileNotFoundError)
     with pytest.raises(CheckpointNotFoundError, match="a folder, not a checkpoint file"):
         check_inference_checkpoint(str(tmp_path))
+    with pytest.raises(CheckpointNotFoundError):  # "false" from the command line is a string
+        check_inference_checkpoint("./models/model.pt", allow_random_weights="false")
     with caplog.at_level(logging.WARNING):
         assert check_inference_checkpoint("./models/model.pt", allow_random_weights=True) is False
     assert "randomly initialised weights" in caplog.text
