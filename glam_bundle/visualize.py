@@ -23,6 +23,7 @@ arrays are drawn subsampled (at most ``max_rows`` rows), so that a 2944×1920 ca
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -100,12 +101,16 @@ def _alpha_ramp(name: str) -> ListedColormap:
     return ListedColormap(colours, name=f"{name}_alpha")
 
 
-def legend_title(keys: Sequence[str]) -> str | None:
-    """What the saliency overlays show, for the legend's title; None without maps."""
-    if not keys:
-        return None
-    return ("saliency overlays: how strongly each pixel points to a lesion of the panel's class (0–1; "
-            + "; ".join(MAP_EXPLANATIONS[key] for key in MAP_TITLES if key in keys) + ")")
+def legend_title(keys: Sequence[str], patches: bool = False) -> str | None:
+    """What the saliency overlays (and the patch boxes, with ``patches``) show, for the legend's title; None
+    with neither."""
+    parts = []
+    if keys:
+        parts.append("saliency overlays: how strongly each pixel points to a lesion of the panel's class (0–1; "
+                     + "; ".join(MAP_EXPLANATIONS[key] for key in MAP_TITLES if key in keys) + ")")
+    if patches:
+        parts.append("boxes: the patches selected for the local module's closer look")
+    return "\n".join(parts) or None
 
 
 def colour_bar_label(key: str, class_name: str) -> str:
@@ -369,7 +374,9 @@ def glam_figure(
     if handles or maps:
         # outlines in the first column, patches in the second (or all in one row when that is short); the title
         # says what the overlays show
-        title = legend_title(maps)
+        title = legend_title(list(maps), patches=len(locations) > 0)
+        if title:  # wrapped to the figure's width (about 14 characters of the legend's font per inch)
+            title = "\n".join(textwrap.fill(line, int(max(fig_w, 6.5) * 14)) for line in title.split("\n"))
         if not handles:  # nothing to name but the overlays: their explanation is the only entry, without a handle
             handles, title = [Line2D([], [], lw=0, label=title)], None
         columns = 2 if mask is not None and len(handles) > 3 else len(handles)

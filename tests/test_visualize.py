@@ -126,8 +126,9 @@ def test_figure_has_colour_bars_legend_and_title():
     labels = [text.get_text() for text in fig.legends[0].get_texts()]
     assert labels == ["benign lesion outline (ground truth)", "malignant lesion outline (ground truth)",
                       "selected patch (64×64 px)"]
-    assert "S_g from the global module; S_l from the local module, inside the patches only; S_c combining S_g " \
-        "and S_l" in fig.legends[0].get_title().get_text()
+    assert " ".join(fig.legends[0].get_title().get_text().split()).endswith(  # wrapped to the figure's width
+        "S_g from the global module; S_l from the local module, inside the patches only; S_c combining S_g and "
+        "S_l) boxes: the patches selected for the local module's closer look")
     handles = fig.legends[0].legend_handles
     assert [handle.get_color() for handle in handles[:2]] == list(figure_style.CLASS_COLOURS)
     title = fig.get_suptitle()
