@@ -95,8 +95,9 @@ class AllCasesFailedError(UserError, RuntimeError):
             error = str(self.first.get("error", ""))
             image = str(self.first.get("image", ""))
             example = f"; the first: {error if error.startswith(image) else f'{image}: {error}'}"
+        counted = f"all {n_failed} {what}" if n_failed != 1 else f"the only {what[:-1] if what.endswith('s') else what}"
         super().__init__(
-            f"all {n_failed} {what} failed, none was processed (listed in {self.report}){example}; fix or replace "
+            f"{counted} failed, none was processed (listed in {self.report}){example}; fix or replace "
             "the files, or check --dataset_dir / --datalist"
         )
 

@@ -116,6 +116,25 @@ def test_inference_where_every_image_failed_exits_non_zero(tmp_path, phantoms):
     assert "running with randomly initialised weights" in result.stdout + result.stderr
 
 
+def test_evaluation_where_every_image_failed_exits_non_zero(tmp_path, phantoms):
+    import torch
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser.update(SMALL_NETWORK_OVERRIDES)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "model.pt")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(PNG_SIGNATURE + b"\x00\x00\x00\x0dIHDR")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "datalist.json").write_text(json.dumps({"test": [{"image": str(bad), "benign": 1}]}))
+    out = tmp_path / "out"
+    result = run_bundle(["train_global.json", "evaluate.json"], "--dataset_dir", tmp_path / "data", "--output_dir", out,
+                        "--ckpt_path", tmp_path / "model.pt", "--cache_dir", tmp_path / "cache", cwd=tmp_path)
+    assert_one_line_error(result, "the only image failed", str(out / "failures.csv"), str(bad))
+    assert not (out / "metrics.json").exists()
+
+
 def test_inference_with_some_failures_says_so_last(tmp_path, phantoms):
     folder = tmp_path / "some"
     folder.mkdir()
