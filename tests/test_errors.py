@@ -228,6 +228,12 @@ def test_user_error_found_in_monai_wrapping():
     assert user_error_message(ValueError("Argument max_epochs should be greater than or equal to the start epoch "
                                          "defined in the state: 2 vs 5. Please...")).startswith("--max_epochs 2: below epoch 5")
     assert "--cache memory" in user_error_message(OSError(errno.ENOSPC, "No space left on device", "/c/x.pt"))
+    from glam_bundle.data.patch_cache import PatchCacheMissingError
+    from glam_bundle.handlers.resume import ResumeError
+
+    assert user_error_message(ResumeError("cannot resume from /o/last.pt: x.\nDelete it")) == \
+        "cannot resume from /o/last.pt: x. Delete it"
+    assert user_error_message(PatchCacheMissingError("/c/patches: no patch cache")) == "/c/patches: no patch cache"
     undefined = ValueError("the referring item `@max_epochs::global` is not defined in the config content.")
     assert user_error_message(undefined).startswith("--max_epochs: the config reads max_epochs#global")
     assert "'global': 10" in user_error_message(undefined)  # train.json's per-stage form
