@@ -30,7 +30,40 @@ class GLAMInferer(Inferer):
         return network(inputs, *args, **kwargs)
 
 
-class PrepareBatchWithLabels(PrepareBatch):
+class PrepareBatchWithKeys(PrepareBatch):
+    """``prepare_batch`` for MONAI's trainers and evaluators that hands batch entries to the network as keywords.
+
+    Returns ``(image, label, (), {keyword: batch[key] on device ...})`` for the ``keys`` mapping (network keyword ->
+    batch key) whose batch key is present; MONAI's engines call ``inferer(image, network, **kwargs)`` with them.
+    E.g. ``{"labels": "label"}`` (random patches for negatives in training, paper section 3.3) and
+    ``{"breast_mask": "breast_mask"}`` (saliency restricted to the breast, kept by
+    ``finish_transforms(keep_breast_mask=True)``). In a config: ``{"_target_":
+    "glam_bundle.inferers.PrepareBatchWithKeys", "keys": {"breast_mask": "breast_mask"}}``.
+
+    Args:
+        keys: network keyword -> batch key.
+    """
+
+    def __init__(self, keys: dict[str, str] | None = None) -> None:
+        self.keys = dict(keys or {})
+
+    def __call__(
+        self,
+        batchdata: dict[str, torch.Tensor],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, tuple, dict[str, Any]]:
+        image, label = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
+        extra = {}
+        for keyword, key in self.keys.items():
+            value = label if key == "label" else batchdata.get(key)
+            if value is not None:
+                extra[keyword] = value.to(device=device, non_blocking=non_blocking) if torch.is_tensor(value) else value
+        return image, label, (), extra
+
+
+class PrepareBatchWithLabels(PrepareBatchWithKeys):
     """``prepare_batch`` for MONAI's trainers that also hands the image-level labels to the network.
 
     MONAI's ``SupervisedTrainer`` calls ``inferer(inputs, network, *args, **kwargs)`` with the ``args`` and
@@ -42,20 +75,12 @@ class PrepareBatchWithLabels(PrepareBatch):
 
     Args:
         keyword: name of the network's keyword argument ("labels" for GLAM).
+        breast_mask: also hand the batch's ``"breast_mask"`` to the network, when there is one.
     """
 
-    def __init__(self, keyword: str = "labels") -> None:
+    def __init__(self, keyword: str = "labels", breast_mask: bool = False) -> None:
+        super().__init__({keyword: "label", **({"breast_mask": "breast_mask"} if breast_mask else {})})
         self.keyword = keyword
-
-    def __call__(
-        self,
-        batchdata: dict[str, torch.Tensor],
-        device: str | torch.device | None = None,
-        non_blocking: bool = False,
-        **kwargs: Any,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, tuple, dict[str, Any]]:
-        image, label = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
-        return image, label, (), ({} if label is None else {self.keyword: label})
 
 
 class PreparePatchBatch(PrepareBatch):

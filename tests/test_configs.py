@@ -66,8 +66,7 @@ MUTATIONS = [
     ("inference.json", "load_transforms#min_size", [256, 256], {"inference"}),
     ("train_global.json", "train#window_transforms#max_crop_size_noise", 50, {"train"}),
     ("train_global.json", "validate#window_transforms#image_size", [1472, 960], {"validate", "evaluate"}),
-    ("train_global.json", "finish_transforms#_target_", "glam_bundle.transforms.load_transforms",
-     {"train", "validate", "evaluate"}),
+    ("train_global.json", "finish_transforms#keep_breast_mask", True, {"train", "validate", "evaluate"}),
     ("evaluate.json", "validate#window_transforms", {"_target_": "glam_bundle.transforms.window_transforms",
                                                      "image_size": [2944, 1920], "augment": True}, {"evaluate"}),
 ]

@@ -311,3 +311,29 @@ def test_centre_aligned_upsampling_puts_each_coarse_cell_on_its_receptive_field_
     torch.testing.assert_close(a["saliency_scales"][:, 0], b["saliency_scales"][:, 0])  # S0 is not resampled
     torch.testing.assert_close(a["saliency_native_2"], b["saliency_native_2"])
     assert not torch.allclose(a["saliency_scales"][:, 2], b["saliency_scales"][:, 2])
+
+
+def test_breast_mask_restricts_every_saliency_map_and_the_patches_to_the_breast():
+    from glam_bundle.inferers import PrepareBatchWithKeys
+
+    torch.manual_seed(0)
+    net = GLAM(
+        global_channels=(4, 4, 4, 4, 4), global_blocks_per_stage=1, local_layers=(1, 1, 1, 1),
+        local_channels=(4, 4, 4, 4), crop_size=(32, 32), global_percent_t=0.1,
+    ).eval()
+    x = torch.randn(2, 1, 128, 96)
+    breast = torch.zeros(2, 1, 128, 96)
+    breast[:, :, 16:112, :48] = 1.0  # breast on the left half; the rest is border and padding
+    image, label, args, kwargs = PrepareBatchWithKeys({"breast_mask": "breast_mask"})(
+        {"image": x, "label": torch.ones(2, 2), "breast_mask": breast}
+    )
+    with torch.no_grad():
+        free, masked = net(x), net(image, **kwargs)
+    cells = masked["saliency_global"]  # (2, 2, 8, 6) on 16-px cells: columns 3.. and rows 0, 7 hold no breast
+    assert cells[..., 3:].abs().sum() == 0 and cells[..., 0, :].abs().sum() == 0 and cells[..., 7, :].abs().sum() == 0
+    assert masked["saliency_native_2"][..., 1:].abs().sum() == 0  # 64-px cells: column 1 is outside
+    assert cells[..., 1:7, :3].gt(0).all()
+    torch.testing.assert_close(cells[..., 1:7, :3], free["saliency_global"][..., 1:7, :3])
+    assert (masked["saliency"] * (1 - breast)).abs().max() < 1e-6  # S_c is 0 off the breast
+    rows, cols = masked["patch_locations"][..., 0], masked["patch_locations"][..., 1]
+    assert (cols < 48).all() and (rows + 32 > 16).all() and (rows < 112).all()  # patches overlap the breast

@@ -364,8 +364,11 @@ class PatchSelection:
         if (label == 1).any():
             selection, tier = "algorithm1", ""
             x = image[None, :1].to(device)
+            breast_mask = item.get("breast_mask")  # kept only when the saliency is restricted to the breast
+            if breast_mask is not None:
+                breast_mask = convert_to_tensor(breast_mask, track_meta=False, dtype=torch.float32)[None].to(device)
             with torch.inference_mode():
-                saliency = self.network(x, global_only=True)["saliency_global"]
+                saliency = self.network(x, global_only=True, breast_mask=breast_mask)["saliency_global"]
                 locations = select_patch_locations(saliency, image_size, self.crop_size, self.num_patches)[0]
         elif (label == 0).all():
             selection = "random"

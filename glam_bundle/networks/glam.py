@@ -66,7 +66,8 @@ class GLAM(nn.Module):
         ``saliency_scales`` (N, 3, 2, h, w) and ``y_scales`` (N, 3, 2) (S_n on the h0 grid and ỹ_n);
         ``saliency_native_0/1/2`` S_n at native resolution (184×120, 92×60, 46×30);
         ``z_global`` (N, 256), ``z_local`` (N, 512), and ``attention`` (N, K) with attention aggregation.
-        With ``global_only=True`` only the global module's entries are computed.
+        With ``global_only=True`` only the global module's entries are computed. ``breast_mask`` (N, 1, H, W)
+        restricts S_g (and so patch selection) to the breast (see :class:`GlobalNetwork`; not in the paper).
     ``forward_patches(patches)`` runs only the local part (local module and aggregation) on patches already cut
     out, (N, K, 1, P, P): local-module training on the stage-2 patch cache.
     """
@@ -142,14 +143,19 @@ class GLAM(nn.Module):
         return self
 
     def forward(
-        self, x: torch.Tensor, global_only: bool = False, labels: torch.Tensor | None = None, patches: bool = False
+        self,
+        x: torch.Tensor,
+        global_only: bool = False,
+        labels: torch.Tensor | None = None,
+        patches: bool = False,
+        breast_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         if patches:  # x holds cut-out patches (N, K, 1, P, P); through forward so that DDP synchronises gradients
             return self.forward_patches(x)
         image_size = tuple(x.shape[-2:])
         if image_size[0] < self.crop_size[0] or image_size[1] < self.crop_size[1]:
             raise ValueError(f"input {image_size} is smaller than the {self.crop_size} patch")
-        out = self.global_module(x)
+        out = self.global_module(x, breast_mask=breast_mask)
         if global_only:
             return out
         num_patches = self.num_patches_train if self.training else self.num_patches

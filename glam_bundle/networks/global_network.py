@@ -151,6 +151,13 @@ class MultiScaleSaliencyHeads(nn.Module):
         return torch.stack(upsampled, dim=1), native
 
 
+def breast_cells(breast_mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """(N, 1, H, W) breast mask -> (N, 1, *size) float: 1 on the cells of a ``size`` grid over the image that hold
+    at least one breast pixel (the cells of the saliency maps), else 0."""
+    cells = F.adaptive_max_pool2d(breast_mask.to(torch.float32), tuple(int(s) for s in size))
+    return (cells > 0).to(breast_mask.dtype if breast_mask.is_floating_point() else torch.float32)
+
+
 def centred_upsample(maps: torch.Tensor, size: Sequence[int], factor: int) -> torch.Tensor:
     """Linear upsampling of (N, C, h, w) maps to (N, C, *size) with coarse cell p on fine cell factor·p
     (``factor``: the stride ratio of the two grids, also when odd sizes make h·factor differ from size).
@@ -191,6 +198,10 @@ class GlobalNetwork(nn.Module):
         ``saliency_global`` (N, 2, h, w): S_g = Σ γ_n S_n;
         ``y_global`` (N, 2): ŷ_g = mean of ỹ_n (probabilities);
         ``z_global`` (N, 256): spatial max-pool of h2.
+    With ``breast_mask`` (N, 1, H, W) (1 on the breast), every S_n is set to 0 on the cells that hold no breast
+    pixel, before the top-t pooling and in every returned map, so that neither the classification nor the ℓ1 term
+    nor patch selection sees the image border and the padding (not in the paper: an option for small synthetic
+    frames, where zero-padded convolutions light the border; docs/stage1_learning.md, C3).
     """
 
     def __init__(
@@ -212,9 +223,12 @@ class GlobalNetwork(nn.Module):
         self.register_buffer("gammas", torch.tensor(gammas, dtype=torch.float32).view(1, 3, 1, 1, 1), persistent=False)
         self.representation_size = self.backbone.out_channels[-1]
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, breast_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         h0, h1, h2 = self.backbone(x)
         scales, native = self.heads((h0, h1, h2))
+        if breast_mask is not None:
+            native = [s * breast_cells(breast_mask, s.shape[-2:]) for s in native]
+            scales = scales * breast_cells(breast_mask, scales.shape[-2:]).unsqueeze(1)
         y_scales = self.pool(scales.flatten(1, 2)).view(scales.shape[:3])
         return {
             "saliency_scales": scales,

@@ -197,19 +197,26 @@ def window_transforms(
     return transforms
 
 
-def finish_transforms() -> list:
+def finish_transforms(keep_breast_mask: bool | str = False) -> list:
     """Standardise the image, cast the model inputs to float32 and drop the breast mask.
 
     In: the output of :func:`window_transforms`. Out: ``"image"`` MetaTensor (1, H, W) float32 standardised,
     ``"label"`` (2,), ``"mask"`` (2, H, W), ``"has_mask"`` (2,) (all float32), without ``"breast_mask"``; the
     other item keys (``"view"``, ``"laterality"``, ``"mask_frame"``, ...) pass through.
+
+    Args:
+        keep_breast_mask: keep ``"breast_mask"`` (1, H, W) as float32 for networks that restrict their saliency to
+            the breast (``GLAM.forward(..., breast_mask=...)``, ``mask_saliency_to_breast`` in the configs).
     """
+    keep_breast_mask = _parse_bool("keep_breast_mask", keep_breast_mask)
     return [
         # MONAI's NormalizeIntensity is the original (x - mean) / std with the population std (ddof 0);
         # it differs only for std == 0 (divides by 1; the original by 1e-5), where both give 0.
         NormalizeIntensityd(keys=IMAGE_KEY),
         EnsureTyped(keys=(IMAGE_KEY, "label", "mask", "has_mask"), dtype=torch.float32),
-        DeleteItemsd(keys="breast_mask"),
+        EnsureTyped(keys="breast_mask", dtype=torch.float32, track_meta=False, allow_missing_keys=True)
+        if keep_breast_mask
+        else DeleteItemsd(keys="breast_mask"),
     ]
 
 
