@@ -19,7 +19,15 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from glam_bundle.networks import EXPORT_OUTPUTS, GLAM, GLAMExport, GLAMSaliency, crop_patches, export_view, paste_patch_maps
+from glam_bundle.networks import (
+    EXPORT_OUTPUTS,
+    GLAM,
+    GLAMExport,
+    GLAMSaliency,
+    crop_patches,
+    export_view,
+    paste_patch_maps,
+)
 from glam_bundle.networks.patch_selection import _crop_patches_gather, _paste_patch_maps_where
 from tests.conftest import ORIGINAL_CHECKPOINT, REPO_ROOT, SMALL_NETWORK_OVERRIDES, require
 
