@@ -54,6 +54,15 @@ def l1_per_image(maps: torch.Tensor) -> torch.Tensor:
     return maps.float().abs().flatten(1).sum(dim=1).mean()
 
 
+def native_keys(pred: dict[str, torch.Tensor], num_scales: int) -> list[str]:
+    """The ``saliency_native_*`` keys of ``pred``; there must be one per scale of ``y_scales``."""
+    keys = [key for key in NATIVE_SALIENCY_KEYS if key in pred]
+    if len(keys) != num_scales:
+        raise KeyError(f"the network output has {num_scales} scale(s) in 'y_scales' but native saliency maps "
+                       f"{keys}; keys: {sorted(pred)}")
+    return keys
+
+
 class LossTermsMixin:
     """Keeps the terms of the last call of a loss, for logging.
 
@@ -91,7 +100,9 @@ class GlobalModuleLoss(LossTermsMixin, nn.Module):
         sparsity_weight: λ (the paper searches 10^[-5.5, -3.5]).
 
     Forward: pred, the GLAM/GlobalNetwork output dict with ``y_scales`` (N, 3, C) and ``saliency_native_0/1/2``
-    (N, C, h_n, w_n); target (N, C) image-level labels in {0, 1} -> scalar (float32).
+    (N, C, h_n, w_n); target (N, C) image-level labels in {0, 1} -> scalar (float32). A global module with fewer
+    saliency levels (CAM, GMIC: ``y_scales`` (N, 1, C) and ``saliency_native_2`` only) gives the same sum over
+    the scales it has.
 
     Terms (``terms`` after a call): ``bce_s0``, ``bce_s1``, ``bce_s2`` (BCE(y, ỹ_n)), ``l1`` (Σ_n ‖S_n‖₁, not
     weighted), ``sparsity`` (λ·l1, the term added to the loss), ``total``.
@@ -107,7 +118,7 @@ class GlobalModuleLoss(LossTermsMixin, nn.Module):
             labels = _target(target, y_scales[:, 0])
             bces = [bce(y_scales[:, n], labels) for n in range(y_scales.shape[1])]
             loss = sum(bces)
-            sparsity = sum(l1_per_image(_pred(pred, key)) for key in NATIVE_SALIENCY_KEYS)
+            sparsity = sum(l1_per_image(_pred(pred, key)) for key in native_keys(pred, y_scales.shape[1]))
             total = loss + self.sparsity_weight * sparsity
             self._keep_terms(**{f"bce_s{n}": value for n, value in enumerate(bces)}, l1=sparsity,
                              sparsity=self.sparsity_weight * sparsity, total=total)

@@ -52,6 +52,8 @@ class GLAM(nn.Module):
             2944×1920 in float32).
         centre_aligned: upsample S1/S2 onto the h0 grid with each cell on its receptive-field centre instead of
             the release's floor-nearest (see :class:`MultiScaleSaliencyHeads`); False reproduces the release.
+        saliency_levels: feature levels of the global module with a saliency head (default (0, 1, 2); ``(2,)``
+            with ``gammas=(1.0,)``: GMIC's last-layer map, see :class:`GlobalNetwork` and ``networks.GMIC``).
 
     Forward: x (N, 1, H, W), e.g. H=2944, W=1920; ``global_only``; ``labels`` (N, C) image-level labels, used
     only in training mode: the K patches of images whose labels are all 0 are drawn at random
@@ -92,6 +94,7 @@ class GLAM(nn.Module):
         freeze_global: bool = False,
         full_resolution_maps: bool | None = None,
         centre_aligned: bool = False,
+        saliency_levels: Sequence[int] = (0, 1, 2),
     ) -> None:
         super().__init__()
         if aggregation not in AGGREGATIONS:
@@ -110,6 +113,7 @@ class GLAM(nn.Module):
             global_channels,
             global_blocks_per_stage,
             centre_aligned=centre_aligned,
+            saliency_levels=saliency_levels,
         )
         self.local_module = LocalNetwork(num_classes, layers=local_layers, channels=local_channels)
         local_size = self.local_module.representation_size

@@ -119,9 +119,13 @@ class MultiScaleSaliencyHeads(nn.Module):
             paints S1 and S2 0.9 and 1.9 h0 cells (14 / 30 px at stride 16) down-right of the evidence they
             respond to (measured from input gradients; docs/stage1_learning.md, C4).
 
+        levels: the feature levels with a head, a sorted subset of (0, 1, 2) (default: all three, GLAM);
+            ``(2,)`` is the single last-layer map of CAM and GMIC (``conv2`` only, no ``combine``). The maps
+            are stacked on the grid of the finest level chosen.
+
     Shapes: (h0, h1, h2) -> (stacked, native): ``stacked`` (N, 3, num_classes, h0_h, h0_w), scales along
     dim 1 in the order S0, S1, S2; ``native`` the list [S0, S1, S2] at the resolutions of h0, h1, h2
-    (184×120, 92×60, 46×30 for 2944×1920).
+    (184×120, 92×60, 46×30 for 2944×1920). With other ``levels``: one entry per level, in that order.
     """
 
     def __init__(
@@ -130,25 +134,38 @@ class MultiScaleSaliencyHeads(nn.Module):
         num_classes: int = 2,
         keep_combine: bool = True,
         centre_aligned: bool = False,
+        levels: Sequence[int] = (0, 1, 2),
     ) -> None:
         super().__init__()
         self.centre_aligned = centre_aligned
-        self.conv0, self.conv1, self.conv2 = (nn.Conv2d(c, num_classes, 1, bias=False) for c in in_channels)
-        if keep_combine:
+        self.levels = check_levels(levels)
+        for level in self.levels:
+            setattr(self, f"conv{level}", nn.Conv2d(in_channels[level], num_classes, 1, bias=False))
+        if keep_combine and self.levels == (0, 1, 2):
             self.combine = nn.Parameter(torch.empty(num_classes, num_classes * 3, 1, 1), requires_grad=False)
             nn.init.xavier_normal_(self.combine)
 
     def forward(
         self, features: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        h0, h1, h2 = features
-        size = h0.shape[-2:]
-        native = [torch.sigmoid(self.conv0(h0)), torch.sigmoid(self.conv1(h1)), torch.sigmoid(self.conv2(h2))]
-        if self.centre_aligned:
-            upsampled = [native[0]] + [centred_upsample(s, size, 2**level) for level, s in enumerate(native[1:], 1)]
-        else:
-            upsampled = [native[0]] + [F.interpolate(s, size=size, mode="nearest") for s in native[1:]]
+        base = self.levels[0]
+        size = features[base].shape[-2:]
+        native = [torch.sigmoid(getattr(self, f"conv{level}")(features[level])) for level in self.levels]
+        upsampled = [native[0]]
+        for level, s in zip(self.levels[1:], native[1:]):
+            if self.centre_aligned:
+                upsampled.append(centred_upsample(s, size, 2 ** (level - base)))
+            else:
+                upsampled.append(F.interpolate(s, size=size, mode="nearest"))
         return torch.stack(upsampled, dim=1), native
+
+
+def check_levels(levels: Sequence[int]) -> tuple[int, ...]:
+    """Saliency levels as a tuple: a non-empty, strictly increasing subset of (0, 1, 2) (h0, h1, h2)."""
+    levels = tuple(int(level) for level in levels)
+    if not levels or list(levels) != sorted(set(levels)) or not set(levels) <= {0, 1, 2}:
+        raise ValueError(f"saliency levels must be a non-empty increasing subset of (0, 1, 2), got {levels}")
+    return levels
 
 
 def breast_cells(breast_mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -189,6 +206,10 @@ class GlobalNetwork(nn.Module):
         gammas: (γ0, γ1, γ2) weights of S0, S1, S2 in S_g (paper and release: 0.2, 0.6, 0.2).
         channels, blocks_per_stage: backbone size (defaults: the paper's network).
         centre_aligned: see :class:`MultiScaleSaliencyHeads` (False: the release).
+        saliency_levels: feature levels with a saliency head (default (0, 1, 2): GLAM). ``(2,)`` with
+            ``gammas=(1.0,)`` is the single last-layer map of CAM and GMIC (``networks.CAM``, ``networks.GMIC``):
+            then ``saliency_scales`` is (N, 1, 2, 46, 30), ``y_scales`` (N, 1, 2) and only ``saliency_native_2``
+            is returned; ``gammas`` has one weight per level.
 
     Forward: x (N, 1, H, W) -> dict with
         ``saliency_scales`` (N, 3, 2, h, w): S0, S1, S2 on the h0 grid (184×120 for 2944×1920);
@@ -213,14 +234,20 @@ class GlobalNetwork(nn.Module):
         channels: Sequence[int] = (16, 32, 64, 128, 256),
         blocks_per_stage: int = 2,
         centre_aligned: bool = False,
+        saliency_levels: Sequence[int] = (0, 1, 2),
     ) -> None:
         super().__init__()
-        if len(gammas) != 3 or min(gammas) < 0 or abs(sum(gammas) - 1.0) > 1e-6:
-            raise ValueError(f"gammas must be three non-negative weights summing to 1, got {gammas}")
+        levels = check_levels(saliency_levels)
+        if len(gammas) != len(levels) or min(gammas) < 0 or abs(sum(gammas) - 1.0) > 1e-6:
+            raise ValueError(f"gammas must be {len(levels)} non-negative weights summing to 1 (one per saliency "
+                             f"level {levels}), got {gammas}")
         self.backbone = GlobalBackbone(in_channels, channels, blocks_per_stage=blocks_per_stage)
-        self.heads = MultiScaleSaliencyHeads(self.backbone.out_channels, num_classes, centre_aligned=centre_aligned)
+        self.heads = MultiScaleSaliencyHeads(self.backbone.out_channels, num_classes, centre_aligned=centre_aligned,
+                                             levels=levels)
+        self.native_keys = tuple(NATIVE_SALIENCY_KEYS[level] for level in levels)
         self.pool = TopTPooling(percent_t)
-        self.register_buffer("gammas", torch.tensor(gammas, dtype=torch.float32).view(1, 3, 1, 1, 1), persistent=False)
+        self.register_buffer("gammas", torch.tensor(gammas, dtype=torch.float32).view(1, len(levels), 1, 1, 1),
+                             persistent=False)
         self.representation_size = self.backbone.out_channels[-1]
 
     def forward(self, x: torch.Tensor, breast_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -232,9 +259,7 @@ class GlobalNetwork(nn.Module):
         y_scales = self.pool(scales.flatten(1, 2)).view(scales.shape[:3])
         return {
             "saliency_scales": scales,
-            NATIVE_SALIENCY_KEYS[0]: native[0],
-            NATIVE_SALIENCY_KEYS[1]: native[1],
-            NATIVE_SALIENCY_KEYS[2]: native[2],
+            **dict(zip(self.native_keys, native)),
             "y_scales": y_scales,
             "saliency_global": (scales * self.gammas.to(scales.dtype)).sum(dim=1),
             "y_global": y_scales.mean(dim=1),
