@@ -9,7 +9,7 @@ The network is ``export_network_def`` of ``--config_file`` (default configs/infe
 ``--override '{"id": value, ...}'``. The export is traced: the input shape (default 1 × 1 × the config's
 ``image_size``, 2944×1920) is fixed in the file, patch selection follows the input. Needs the ``onnx`` package
 (``pip install -e ".[export]"``); ``--check`` also runs the file with onnxruntime on a random input and compares
-with PyTorch. Every error is one line on stderr with exit status 1 (see docs/export.md).
+with PyTorch. Every error is one line on stderr with exit status 2, as the bundle's other commands (see docs/export.md).
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         export(args)
     except ExportError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 

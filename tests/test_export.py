@@ -246,7 +246,7 @@ def test_export_onnx_script_errors_are_one_line(tmp_path, capsys, problem):
     }[problem]
     status = load_export_script().main([*args, "--filepath", str(tmp_path / "x.onnx")])
     err = capsys.readouterr().err.strip()
-    assert status == 1 and len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert status == 2 and len(err.splitlines()) == 1 and err.startswith("error: "), err
     expected = {"missing_checkpoint": "absent.pt", "other_network": "--override", "bad_override": "--override",
                 "unknown_net_id": "exporter"}[problem]
     assert expected in err
