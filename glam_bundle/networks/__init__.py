@@ -1,9 +1,11 @@
 """GLAM networks as MONAI-style components."""
 
 from glam_bundle.networks.aggregation import ConcatAggregation, GatedAttentionAggregation
+from glam_bundle.networks.cam import CAM
 from glam_bundle.networks.export import EXPORT_OUTPUTS, GLAMExport, export_view
 from glam_bundle.networks.fusion import FusionModule
 from glam_bundle.networks.glam import GLAM, GLAMSaliency
+from glam_bundle.networks.gmic import GMIC
 from glam_bundle.networks.global_network import (
     NATIVE_SALIENCY_KEYS,
     BasicBlockV2,
@@ -22,10 +24,12 @@ from glam_bundle.networks.pooling import TopTPooling, top_t_pool
 from glam_bundle.networks.utils import freeze_all_but, load_partial_state_dict, trainable_parameters
 
 __all__ = [
+    "CAM",
     "EXPORT_OUTPUTS",
     "GLAM",
     "GLAMExport",
     "GLAMSaliency",
+    "GMIC",
     "NATIVE_SALIENCY_KEYS",
     "BasicBlockV2",
     "ConcatAggregation",
