@@ -50,11 +50,13 @@ class Phantom(NamedTuple):
         image: (H, W) uint16, values in 0..4095, background 0.
         masks: {"benign": (H, W) uint8, "malignant": (H, W) uint8}, 1 inside a lesion of that class.
         labels: {"benign": 0/1, "malignant": 0/1}, 1 iff a lesion of that class is present.
+        kinds: the kind (a key of ``LESION_KINDS``) of every lesion placed, in placement order; () without lesions.
     """
 
     image: np.ndarray
     masks: dict[str, np.ndarray]
     labels: dict[str, int]
+    kinds: tuple[str, ...] = ()
 
 
 def power_law_noise(shape: tuple[int, int], beta: float, rng: np.random.Generator) -> np.ndarray:
@@ -255,7 +257,8 @@ def make_phantom(
             only ~0.35, at any image size; outlines of the cluster are what many datasets (CBIS-DDSM) draw.
 
     Returns:
-        :class:`Phantom` (image (H, W) uint16 12-bit, masks per class (H, W) uint8 0/1, labels per class).
+        :class:`Phantom` (image (H, W) uint16 12-bit, masks per class (H, W) uint8 0/1, labels per class, the
+        kinds of the lesions placed).
 
     Raises:
         ValueError: unknown view/laterality/lesion, or no room left in the breast for a lesion.
@@ -327,6 +330,7 @@ def make_phantom(
         image=np.ascontiguousarray(image),
         masks={cls: np.ascontiguousarray(mask, dtype=np.uint8) for cls, mask in masks.items()},
         labels={cls: int(bool(mask.any())) for cls, mask in masks.items()},
+        kinds=tuple(lesion.kind for lesion in placed),
     )
 
 
@@ -445,6 +449,11 @@ def generate_dataset(
     ``[seed, breast, view, attempt]``) instead of failing, which large lesion scales need. ``image_format`` "dicom" writes the images as DICOM (``.dcm``, see :func:`save_dicom_atomic`) instead of
     16-bit PNG; masks stay PNG.
 
+    Every item records the kinds of its lesions in ``"lesion_kinds"``: the ``LESION_KINDS`` keys joined by single
+    spaces in class order (benign, malignant), e.g. ``"benign_mass calcification_cluster"``, and ``""`` for a
+    lesion-free view. A string rather than a list so that items of different lesion counts still collate into a
+    training batch; readers that do not know the key ignore it (the preprocessing passes it through).
+
     Layout: ``out_dir/images/<id>.png``, ``out_dir/masks/<id>_<class>.png``, ``out_dir/datalist.json``
     (patient-level split by ``fractions``, default 0.7/0.1/0.2). Every file is written atomically.
 
@@ -503,6 +512,7 @@ def generate_dataset(
                 "laterality": laterality,
                 "patient_id": patient_ids[breast_index],
                 **phantom.labels,
+                "lesion_kinds": " ".join(phantom.kinds),
             }
             for cls in CLASS_NAMES:
                 if phantom.labels[cls]:
