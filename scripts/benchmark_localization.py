@@ -461,6 +461,12 @@ def write_markdown(path: Path, report: dict) -> None:
         "mask: no method-specific search) and the same epochs per stage; CAM has only the global stage and trains "
         "it for the global stage's epochs.",
         "",
+        "GMIC is given `network_def#gammas` [1.0] by a one-line override file after `configs/baselines/gmic.json` "
+        "(`<work_dir>/gmic_one_scale.json`): `configs/presets/demo_training.json` sets GLAM's three scale weights, "
+        "which GMIC's one-scale global module rejects, and gmic.json does not reset them. With a preset whose "
+        "stages have a single epoch, `val_interval` is set to 1 (demo_training.json validates every 2nd epoch, and "
+        "a stage that never validates saves no checkpoint for the next).",
+        "",
         "| Method | training | evaluation | per-image pass | training command |",
         "|---|---|---|---|---|",
     ]
@@ -469,6 +475,20 @@ def write_markdown(path: Path, report: dict) -> None:
         lines.append(f"| {METHOD_LABELS[name]} | {t['train']:.0f} s | {t['evaluate']:.0f} s | {t['per_image']:.0f} s "
                      f"| `{m['commands']['train']}` |")
     lines += [
+        "",
+        "## Presets",
+        "",
+        "| preset | flag | what |",
+        "|---|---|---|",
+    ]
+    for name, flag in (("default", "(none)"), ("quick", "`--quick`"), ("full", "`--full`")):
+        lines.append(f"| {name} | {flag} | {PRESETS[name]['description']} |")
+    lines += [
+        "",
+        "The benchmark itself is the default preset on 2 CPU cores: `python scripts/benchmark_localization.py` "
+        "(phantoms, checkpoints, logs and caches in `outputs/benchmark_localization`, or `--work_dir`); `--full` "
+        "is for a GPU machine. Every training and evaluation command is in the JSON file (`methods.*.commands`) "
+        "and each run's log in `<work_dir>/<method>/train.log` and `evaluate.log`.",
         "",
         f"![S_c maps of the three methods on the same test images]({config['figure']})",
         "",
