@@ -245,17 +245,21 @@ def lesion_sizes(datalist: Path) -> dict[str, dict]:
 # ----------------------------------------------------------------------------------------- per-image evaluation
 
 
-def per_image_pass(config_files: list[str], overrides: dict, figure_names: set[str]) -> dict:
+def per_image_pass(
+    config_files: list[str], overrides: dict, figure_names: set[str], kinds_of: dict[str, list[str]]
+) -> dict:
     """Run the evaluation config in this process and keep per-image values.
 
-    Returns {"images": {name: {"dice": [b, m], "image_pxap": [b, m], "y": [b, m], "histograms": (2, 2, bins)}},
+    Returns {"images": {name: {"dice": [b, m], "image_pxap": [b, m], "y": [b, m]}}, "histograms": {kind: (2, bins)
+    pixel-score histograms (negative, positive) of the kind's class over the images with that kind},
     "figure": {name: {"image": (H, W), "mask": (2, H, W), "saliency": (2, H, W)}}}; NaN where a class has no
-    lesion.
+    lesion. ``kinds_of``: image file name -> its lesion kinds.
     """
     import torch
     from ignite.engine import Events
     from monai.bundle import ConfigParser
 
+    from glam_bundle.visualize import display_step
     from glam_bundle.metrics.localisation import (
         ScoreBinning, compute_image_pxap, compute_pixel_histograms, compute_soft_dice, resize_to_mask,
     )
@@ -266,7 +270,7 @@ def per_image_pass(config_files: list[str], overrides: dict, figure_names: set[s
     binning = ScoreBinning()
     parser.get_parsed_content("initialize")
     evaluator = parser.get_parsed_content("validate#evaluator")
-    result: dict = {"images": {}, "figure": {}}
+    result: dict = {"images": {}, "histograms": {}, "figure": {}}
 
     def collect(engine) -> None:
         output, batch = engine.state.output, engine.state.batch
@@ -281,14 +285,18 @@ def per_image_pass(config_files: list[str], overrides: dict, figure_names: set[s
         names = [names] if isinstance(names, str) else list(names)
         for i, name in enumerate(names):
             key = Path(str(name)).name
-            result["images"][key] = {
-                "dice": dice[i].tolist(), "image_pxap": pxap[i].tolist(), "y": y[i].tolist(),
-                "histograms": compute_pixel_histograms(saliency[i : i + 1], truth[i : i + 1], binning).numpy(),
-            }
-            if key in figure_names:
+            result["images"][key] = {"dice": dice[i].tolist(), "image_pxap": pxap[i].tolist(), "y": y[i].tolist()}
+            kinds = kinds_of.get(key, [])
+            if kinds:  # summed per kind as they come: one image's histograms are 2 x 2 x 655361 counts
+                histograms = compute_pixel_histograms(saliency[i : i + 1], truth[i : i + 1], binning).numpy()
+                for kind in kinds:
+                    c = CLASS_NAMES.index(LESION_KINDS[kind])
+                    result["histograms"][kind] = result["histograms"].get(kind, 0) + histograms[c]
+            if key in figure_names:  # every step-th pixel, as the inference figure shows a 2944-row frame
+                step = display_step(int(mask.shape[-2]))
                 result["figure"][key] = {
-                    "image": torch.as_tensor(batch["image"][i]).detach().float().cpu().numpy()[0],
-                    "mask": truth[i].numpy(), "saliency": saliency[i].numpy(),
+                    "image": torch.as_tensor(batch["image"][i]).detach().float().cpu().numpy()[0, ::step, ::step],
+                    "mask": truth[i].numpy()[:, ::step, ::step], "saliency": saliency[i].numpy()[:, ::step, ::step],
                 }
 
     evaluator.add_event_handler(Events.ITERATION_COMPLETED, collect)
@@ -312,7 +320,7 @@ def _finite(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def per_kind_figures(per_image: dict, items: dict[str, dict]) -> dict[str, dict]:
+def per_kind_figures(per_image: dict, histograms: dict, items: dict[str, dict]) -> dict[str, dict]:
     """Soft Dice and image-level PxAP (mean, std, n), dataset-level PxAP and AUC per lesion kind.
 
     A kind's images are the test images with a lesion of that kind; its maps and masks are those of the kind's
@@ -327,7 +335,7 @@ def per_kind_figures(per_image: dict, items: dict[str, dict]) -> dict[str, dict]
         names = [n for n in per_image if kind in item_kinds(items[n])]
         dice = [per_image[n]["dice"][c] for n in names]
         pxap = [per_image[n]["image_pxap"][c] for n in names]
-        hist = np.sum([per_image[n]["histograms"][c] for n in names], axis=0) if names else None
+        hist = histograms.get(kind)
         negatives = [per_image[n]["y"][c] for n in per_image if not int(items[n].get(cls, 0))]
         figures[kind] = {
             "n": len(names),
@@ -335,7 +343,7 @@ def per_kind_figures(per_image: dict, items: dict[str, dict]) -> dict[str, dict]
             "dice_std": _finite(float(np.std(dice))) if names else None,
             "image_pxap": _finite(float(np.mean(pxap))) if names else None,
             "image_pxap_std": _finite(float(np.std(pxap))) if names else None,
-            "dataset_pxap": _finite(average_precision_from_histograms(hist[0], hist[1])) if names else None,
+            "dataset_pxap": None if hist is None else _finite(average_precision_from_histograms(hist[0], hist[1])),
             "auc": _auc([per_image[n]["y"][c] for n in names], negatives),
         }
     return figures
@@ -378,7 +386,8 @@ def write_markdown(path: Path, report: dict) -> None:
     ]
     if quick:
         lines += [
-            "> **Preset `quick`: a smoke test of the pipeline (40 phantoms, epochs 2 / 1 / 1), not a benchmark result.**",
+            "> **Preset `quick`: a smoke test of the pipeline (40 phantoms, epochs 2 / 1 / 1), not a benchmark "
+            "result.**",
             "> Its numbers say nothing about the methods; the benchmark is the default preset (command below).",
             "",
         ]
@@ -529,7 +538,8 @@ def write_figure(path: Path, figure_data: dict[str, dict], items: dict[str, dict
                 ax.contour(first["mask"][c], levels=[0.5], colors=[fs.CLASS_COLOURS[c]], linewidths=0.8)
             title = (", ".join(KIND_LABELS[k] for k in kinds) or "no lesion") if column == "image" else \
                 f"{METHOD_LABELS[column]} ({CLASS_NAMES[c]})"
-            ax.set_title(title, fontsize=fs.PANEL_TITLE_SIZE, color=fs.CLASS_COLOURS[c] if column != "image" else "black")
+            ax.set_title(title, fontsize=fs.PANEL_TITLE_SIZE,
+                         color=fs.CLASS_COLOURS[c] if column != "image" else "black")
             ax.set_xticks([])
             ax.set_yticks([])
     fig.suptitle("S_c of CAM, GMIC and GLAM on the same test phantoms", fontsize=fs.TITLE_SIZE)
@@ -614,7 +624,8 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
     command = "python scripts/benchmark_localization.py" + "".join(" " + _quote(a) for a in shown_argv)
     start = time.monotonic()
 
-    print(f"== 1/4 phantoms: {settings['n_images']} at {settings['phantoms']['height']}x{settings['phantoms']['width']} "
+    frame = f"{settings['phantoms']['height']}x{settings['phantoms']['width']}"
+    print(f"== 1/4 phantoms: {settings['n_images']} at {frame} "
           f"-> {work_dir / 'phantoms'}", flush=True)
     datalist = make_phantoms(work_dir / "phantoms", settings["n_images"], args.seed, settings["phantoms"])
     from glam_bundle.data.datalist import load_datalist
@@ -647,14 +658,15 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
                      "cache_dir": str(dirs["cache"]), "output_dir": str(dirs["root"] / "evaluate_per_image")}
         if settings["num_workers"] is not None:
             overrides["num_workers"] = settings["num_workers"]
-        per_image = per_image_pass(config_files, overrides, set(figure_names))
+        per_image = per_image_pass(config_files, overrides, set(figure_names),
+                                   {name: item_kinds(item) for name, item in test_items.items()})
         missing = sorted(set(per_image["images"]) - set(test_items))
         if missing:
             raise BenchmarkError(f"{label}: evaluated images not in the test split: {', '.join(missing[:3])}")
         figure_data[method] = per_image["figure"]
         methods[method] = {
             **table1_figures(metrics),
-            "per_kind": per_kind_figures(per_image["images"], test_items),
+            "per_kind": per_kind_figures(per_image["images"], per_image["histograms"], test_items),
             "wall_time_s": {"train": round(train_s, 1), "evaluate": round(eval_s, 1),
                             "per_image": round(time.monotonic() - pass_start, 1)},
             "commands": {k: shell_text(v) for k, v in commands.items()},
