@@ -565,6 +565,28 @@ def pick_figure_images(items: dict[str, dict], count: int = 3) -> list[str]:
     return chosen[:count] or list(items)[:count]
 
 
+def check_work_dir(work_dir: Path, settings: dict, seed: int) -> None:
+    """Record the run's settings in ``work_dir``; refuse a folder that holds a run with other settings (its
+    finished or resumable training stages would be taken up on the new data)."""
+    record = work_dir / "benchmark_settings.json"
+    wanted = json.loads(json.dumps({**settings, "seed": seed}))
+    if record.is_file():
+        try:
+            found = json.loads(record.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            found = None
+        if found != wanted:
+            raise BenchmarkError(f"--work_dir {work_dir} holds a run with other settings (its checkpoints would be "
+                                 "resumed): delete it or pass another --work_dir")
+        return
+    if work_dir.is_dir() and any(work_dir.iterdir()):
+        raise BenchmarkError(f"--work_dir {work_dir} is not empty and holds no benchmark run: pass an empty or new "
+                             "folder")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_output(record) as tmp:
+        tmp.write_text(json.dumps(wanted, indent=1) + "\n", encoding="utf-8")
+
+
 def machine_text() -> str:
     import torch
 
@@ -626,6 +648,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
         raise BenchmarkError(f"--work_dir {work_dir} is a file, not a folder")
     if report_dir.exists() and not report_dir.is_dir():
         raise BenchmarkError(f"--report_dir {report_dir} is a file, not a folder")
+    check_work_dir(work_dir, settings, args.seed)
     shown_argv = sys.argv[1:] if argv is None else argv
     command = "python scripts/benchmark_localization.py" + "".join(" " + _quote(a) for a in shown_argv)
     start = time.monotonic()

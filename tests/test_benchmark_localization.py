@@ -51,6 +51,16 @@ def test_errors_exit_2(tmp_path, args, message):
     assert not (tmp_path / "r").exists()
 
 
+def test_refuses_a_work_dir_of_another_run(tmp_path):
+    work = tmp_path / "w"
+    work.mkdir()
+    (work / "benchmark_settings.json").write_text('{"n_images": 3}')
+    result = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--work_dir", str(work), "--report_dir",
+                             str(tmp_path / "r")], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert result.returncode == 2 and "other settings" in result.stderr
+    assert sorted(p.name for p in work.iterdir()) == ["benchmark_settings.json"]
+
+
 @pytest.mark.slow
 def test_quick_end_to_end(tmp_path):
     work, report = tmp_path / "work", tmp_path / "report"
