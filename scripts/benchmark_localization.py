@@ -133,29 +133,9 @@ def method_commands(
     return {"train": train, "evaluate": evaluate}
 
 
-def gmic_fix(method: str, settings: dict, work_dir: Path) -> list[str]:
-    """GMIC has one saliency level, so it accepts only ``gammas`` [1.0], but configs/presets/demo_training.json
-    sets GLAM's three (``network_def#gammas`` [0.4, 0, 0.6]) and configs/baselines/gmic.json does not reset them:
-    GMIC would fail to build. A one-line override file (written into ``work_dir``) merged after gmic.json gives
-    GMIC its one weight; CAM ignores ``gammas`` by itself."""
-    if method != "gmic" or not settings["config_presets"]:
-        return []
-    path = work_dir / "gmic_one_scale.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps({"_desc_": gmic_fix.__doc__.split("\n")[0], "network_def#gammas": [1.0]}) + "\n",
-                       encoding="utf-8")
-    return [str(path)]
-
-
 def settings_overrides(settings: dict) -> dict:
-    """Config overrides for every stage: ``num_workers`` when set, and ``val_interval`` 1 when a stage has a
-    single epoch (configs/presets/demo_training.json validates every 2nd epoch, so a one-epoch stage would save no
-    best checkpoint for the next stage)."""
-    extra = {} if settings["num_workers"] is None else {"num_workers": settings["num_workers"]}
-    if min(settings["epochs"].values()) < 2 and settings["config_presets"]:
-        extra["val_interval"] = 1
-    return extra
+    """Config overrides for every stage: ``num_workers`` when set."""
+    return {} if settings["num_workers"] is None else {"num_workers": settings["num_workers"]}
 
 
 def _quote(arg: str) -> str:
@@ -476,12 +456,6 @@ def write_markdown(path: Path, report: dict) -> None:
         "mask: no method-specific search) and the same epochs per stage; CAM has only the global stage and trains "
         "it for the global stage's epochs.",
         "",
-        "GMIC is given `network_def#gammas` [1.0] by a one-line override file after `configs/baselines/gmic.json` "
-        "(`<work_dir>/gmic_one_scale.json`): `configs/presets/demo_training.json` sets GLAM's three scale weights, "
-        "which GMIC's one-scale global module rejects, and gmic.json does not reset them. With a preset whose "
-        "stages have a single epoch, `val_interval` is set to 1 (demo_training.json validates every 2nd epoch, and "
-        "a stage that never validates saves no checkpoint for the next).",
-        "",
         "| Method | training | evaluation | per-image pass | training command |",
         "|---|---|---|---|---|",
     ]
@@ -669,7 +643,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
     methods, figure_data = {}, {}
     for index, method in enumerate(METHODS):
         dirs = {"root": work_dir / method, "models": work_dir / method / "models", "cache": work_dir / method / "cache"}
-        commands = method_commands(method, settings, dirs, datalist.parent, gmic_fix(method, settings, work_dir))
+        commands = method_commands(method, settings, dirs, datalist.parent)
         label = METHOD_LABELS[method]
         print(f"== 2/4 {label}: training ({dirs['root'] / 'train.log'})", flush=True)
         train_s = run_logged(commands["train"], dirs["root"] / "train.log", f"{label} training")

@@ -43,7 +43,7 @@ def small_glam(crop_size=CROP, **kwargs):
 def brightness_saliency(network):
     """Stub global module: S_g is the fraction of pixels at the image's maximum in each 16×16 cell (the planted
     bright squares make the hot spots)."""
-    def forward(x):
+    def forward(x, breast_mask=None):
         peak = x[:, :1].flatten(1).amax(dim=1).view(-1, 1, 1, 1)
         pooled = F.avg_pool2d((x[:, :1] >= peak - 1e-4).float(), 16)
         return {"saliency_global": pooled.repeat(1, 2, 1, 1)}
