@@ -58,8 +58,9 @@ def native_keys(pred: dict[str, torch.Tensor], num_scales: int) -> list[str]:
     """The ``saliency_native_*`` keys of ``pred``; there must be one per scale of ``y_scales``."""
     keys = [key for key in NATIVE_SALIENCY_KEYS if key in pred]
     if len(keys) != num_scales:
+        absent = [key for key in NATIVE_SALIENCY_KEYS if key not in pred]
         raise KeyError(f"the network output has {num_scales} scale(s) in 'y_scales' but native saliency maps "
-                       f"{keys}; keys: {sorted(pred)}")
+                       f"{keys} (absent: {absent}); keys: {sorted(pred)}")
     return keys
 
 
