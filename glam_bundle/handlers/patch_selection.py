@@ -200,6 +200,8 @@ class PatchSelection:
         index = read_index(self.cache_dir)
         if self._reusable(index, checkpoint_sha, parameters, fingerprint):
             summary = dict(index["summary"], cache="hit", seconds=round(time.monotonic() - start, 3))
+            if getattr(self, "_reported", None) == (checkpoint_sha, fingerprint):
+                return summary  # a config's run step and the dataset's builder both call it: report once
             logger.info(
                 "patch cache %s is up to date (stage-1 checkpoint sha256 %s)", self.cache_dir, checkpoint_sha[:12]
             )
@@ -211,6 +213,7 @@ class PatchSelection:
             summary = self._build(checkpoint_sha, parameters, fingerprint, item_keys)
             summary["seconds"] = round(time.monotonic() - start, 3)
         self._report(summary)
+        self._reported = (checkpoint_sha, fingerprint)
         return summary
 
     # -- cache identity ------------------------------------------------------------------------------------------
