@@ -19,6 +19,8 @@ from typing import Any
 
 from monai.bundle import ConfigWorkflow
 
+from glam_bundle.errors import ConfigError
+
 __all__ = ["STAGE_CONFIGS", "run_stages"]
 
 logger = logging.getLogger(__name__)
@@ -56,7 +58,7 @@ def run_stages(
     config_dir = Path(config_dir)
     unknown = [name for name in stages if name not in STAGE_CONFIGS]
     if unknown:
-        raise ValueError(f"stages: unknown stage(s) {unknown}; choose from {list(STAGE_CONFIGS)}")
+        raise ConfigError("stages", unknown, f"unknown stage(s); choose from {list(STAGE_CONFIGS)}")
     preset_files = [str(_find_preset(Path(p), config_dir.parent)) for p in presets]
     meta_file = str(meta_file or config_dir / "metadata.json")
     for name in stages:
@@ -74,4 +76,6 @@ def _find_preset(path: Path, bundle_root: Path) -> Path:
     for candidate in (path, bundle_root / path):
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"presets: {path} not found (looked in the working directory and in {bundle_root})")
+    raise ConfigError(
+        "presets", path, f"file not found (looked in the working directory and in {bundle_root}); give a preset file"
+    )

@@ -296,3 +296,13 @@ def test_snapshot_check_sees_new_and_changed_files(tmp_path):
     (tmp_path / "outputs" / "run" / "events").write_text("2")
     (tmp_path / "outputs" / "a.txt").write_text("12")
     assert changed_paths(before, snapshot_folders(tmp_path)) == ["outputs/a.txt", "outputs/run", "outputs/run/events"]
+
+
+def test_staged_training_settings_are_one_line_errors(tmp_path):
+    from glam_bundle.errors import ConfigError
+    from glam_bundle.staged_training import run_stages
+
+    with pytest.raises(ConfigError, match="--stages .*unknown stage"):
+        run_stages(REPO_ROOT / "configs", ["global", "glocal"])
+    with pytest.raises(ConfigError, match="--presets .*nope.json: file not found"):
+        run_stages(REPO_ROOT / "configs", ["global"], presets=[tmp_path / "nope.json"])
