@@ -35,13 +35,13 @@ POOLING_KEY = {"global": "network_def#global_percent_t", "local": "network_def#l
                "joint": "network_def#global_percent_t"}
 
 
-def draw_trial(seed: int, index: int) -> dict:
-    """The hyperparameters of trial ``index`` (a function of (seed, index) only)."""
+def draw_trial(seed: int, index: int, top_t: tuple[float, ...] = TOP_T) -> dict:
+    """The hyperparameters of trial ``index`` (a function of (seed, index) and the t set only)."""
     rng = np.random.default_rng([seed, index])
     return {
         "learning_rate": float(10 ** rng.uniform(*LEARNING_RATE_EXPONENTS)),
         "sparsity_weight": float(10 ** rng.uniform(*SPARSITY_EXPONENTS)),
-        "percent_t": float(rng.choice(TOP_T)),
+        "percent_t": float(rng.choice(top_t)),
     }
 
 
@@ -96,7 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max_epochs", type=int, help="epochs per trial (default: the configs')")
     parser.add_argument("--override", nargs="*", default=[], metavar="ID=JSON",
                         help="more config overrides, e.g. num_workers=0 'image_size=[736, 480]'")
+    parser.add_argument("--top_t", nargs="+", type=float, default=list(TOP_T), metavar="T",
+                        help="the t values to draw from (default: appendix F's 0.01 ... 0.2; CAM adds 1.0, i.e. GAP)")
     args = parser.parse_args(argv)
+    if not all(0 < t <= 1 for t in args.top_t):
+        parser.error(f"--top_t: every value must be in (0, 1], got {args.top_t}")
 
     overrides = {}
     for item in args.override:
@@ -109,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     rows: list[dict] = []
     for index in range(args.trials):
-        params = draw_trial(args.seed, index)
+        params = draw_trial(args.seed, index, tuple(args.top_t))
         result = run_trial(args.stage, params, out / f"trial_{index:03d}", args.presets, overrides)
         rows.append({"trial": index, **params, **result})
         print(f"trial {index}: lr {params['learning_rate']:.2e} λ {params['sparsity_weight']:.2e} "
