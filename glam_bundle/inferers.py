@@ -75,11 +75,10 @@ class PrepareBatchWithLabels(PrepareBatchWithKeys):
 
     Args:
         keyword: name of the network's keyword argument ("labels" for GLAM).
-        breast_mask: also hand the batch's ``"breast_mask"`` to the network, when there is one.
     """
 
-    def __init__(self, keyword: str = "labels", breast_mask: bool = False) -> None:
-        super().__init__({keyword: "label", **({"breast_mask": "breast_mask"} if breast_mask else {})})
+    def __init__(self, keyword: str = "labels") -> None:
+        super().__init__({keyword: "label"})
         self.keyword = keyword
 
 

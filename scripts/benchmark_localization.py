@@ -105,12 +105,9 @@ def _list_arg(paths: list[str]) -> str:
     return "[" + ",".join(repr(p) for p in paths) + "]"
 
 
-def method_commands(
-    method: str, settings: dict, dirs: dict[str, Path], dataset_dir: Path, extra_files: list[str] = ()
-) -> dict[str, list[str]]:
-    """The training and evaluation commands of a method, as argument lists (run in the repository root);
-    ``extra_files`` are merged after the method's override file."""
-    presets, overrides = settings["config_presets"], [*OVERRIDE_FILES[method], *extra_files]
+def method_commands(method: str, settings: dict, dirs: dict[str, Path], dataset_dir: Path) -> dict[str, list[str]]:
+    """The training and evaluation commands of a method, as argument lists (run in the repository root)."""
+    presets, overrides = settings["config_presets"], list(OVERRIDE_FILES[method])
     epochs, extra = settings["epochs"], settings_overrides(settings)
     paths = ["--dataset_dir", str(dataset_dir), "--ckpt_dir", str(dirs["models"]), "--cache_dir", str(dirs["cache"])]
     run = [sys.executable, "-m", "monai.bundle", "run"]

@@ -159,6 +159,7 @@ class PatchSelection:
         self.log_dir = None if log_dir is None else Path(log_dir)
         self.num_workers = int(num_workers)
         self.storage_dtype = storage_dtype
+        self._reported: tuple[str, str] | None = None  # (checkpoint sha256, items fingerprint) last reported
         self.min_breast_fraction = float(min_breast_fraction)
 
     # -- workflow entry points -----------------------------------------------------------------------------------
@@ -200,7 +201,7 @@ class PatchSelection:
         index = read_index(self.cache_dir)
         if self._reusable(index, checkpoint_sha, parameters, fingerprint):
             summary = dict(index["summary"], cache="hit", seconds=round(time.monotonic() - start, 3))
-            if getattr(self, "_reported", None) == (checkpoint_sha, fingerprint):
+            if self._reported == (checkpoint_sha, fingerprint):
                 return summary  # a config's run step and the dataset's builder both call it: report once
             logger.info(
                 "patch cache %s is up to date (stage-1 checkpoint sha256 %s)", self.cache_dir, checkpoint_sha[:12]

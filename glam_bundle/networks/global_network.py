@@ -254,8 +254,12 @@ class GlobalNetwork(nn.Module):
         h0, h1, h2 = self.backbone(x)
         scales, native = self.heads((h0, h1, h2))
         if breast_mask is not None:
-            native = [s * breast_cells(breast_mask, s.shape[-2:]) for s in native]
-            scales = scales * breast_cells(breast_mask, scales.shape[-2:]).unsqueeze(1)
+            h0_cells = breast_cells(breast_mask, scales.shape[-2:])  # the grid of S0 and of the stacked maps
+            native = [
+                s * (h0_cells if s.shape[-2:] == h0_cells.shape[-2:] else breast_cells(breast_mask, s.shape[-2:]))
+                for s in native
+            ]
+            scales = scales * h0_cells.unsqueeze(1)
         y_scales = self.pool(scales.flatten(1, 2)).view(scales.shape[:3])
         return {
             "saliency_scales": scales,
