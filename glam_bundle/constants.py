@@ -18,6 +18,7 @@ __all__ = [
     "IMAGE_KEY",
     "MASK_FILE_KEYS",
     "FILE_KEYS",
+    "LABEL_MAP_KEY",
     "SPLITS",
     "FAILURES_KEY",
     "PIL_SUFFIXES",
@@ -52,7 +53,10 @@ NYU_PIXEL_SPACING_MM: float = 0.1
 # Datalist item keys: the image file and the per-class lesion mask files (channel order of CLASS_NAMES).
 IMAGE_KEY = "image"
 MASK_FILE_KEYS: tuple[str, ...] = tuple(f"mask_{name}" for name in CLASS_NAMES)
-FILE_KEYS: tuple[str, ...] = (IMAGE_KEY, *MASK_FILE_KEYS)
+# A label image of both classes at once (0 background, 1 benign, 2 malignant), as MONAI Label's datastore keeps
+# them; the load chain splits it into the per-class masks and labels.
+LABEL_MAP_KEY = "label_map"
+FILE_KEYS: tuple[str, ...] = (IMAGE_KEY, *MASK_FILE_KEYS, LABEL_MAP_KEY)
 # Datalist splits, in the order of MONAI's decathlon-style datalists.
 SPLITS: tuple[str, ...] = ("training", "validation", "test")
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from monai.bundle import ConfigWorkflow
 
+from glam_bundle.data.datalist import datalist_from_datastore
 from glam_bundle.errors import ConfigError
 
 __all__ = ["STAGE_CONFIGS", "run_stages"]
@@ -40,6 +41,10 @@ def run_stages(
     settings: Mapping[str, Any] | None = None,
     stage_settings: Mapping[str, Mapping[str, Any]] | None = None,
     meta_file: str | os.PathLike | None = None,
+    train_data: Sequence[Mapping[str, Any]] | None = None,
+    validate_data: Sequence[Mapping[str, Any]] | None = None,
+    epochs: int | None = None,
+    datastore_datalist: str | os.PathLike = "outputs/datastore_datalist.json",
 ) -> list[str]:
     """Run the training stages in order.
 
@@ -51,6 +56,11 @@ def run_stages(
         settings: overrides given to every stage (``dataset_dir``, ``ckpt_dir``, ``image_size``, ...).
         stage_settings: per stage name, overrides for that stage only (``max_epochs``, ``output_dir``, ...).
         meta_file: the bundle's metadata.json (default ``<config_dir>/metadata.json``).
+        train_data, validate_data: item lists that replace the datalist file (MONAI Label's train task sets
+            ``train#dataset#data`` / ``validate#dataset#data`` of ``configs/train.json``; ``{"image", "label"}``
+            items with label images are converted by :func:`glam_bundle.data.datalist.datalist_from_datastore`,
+            written to ``datastore_datalist``).
+        epochs: the same number of epochs for every stage (MONAI Label's ``train#trainer#max_epochs``).
 
     Returns:
         the names of the stages run.
@@ -61,9 +71,17 @@ def run_stages(
         raise ConfigError("stages", unknown, f"unknown stage(s); choose from {list(STAGE_CONFIGS)}")
     preset_files = [str(_find_preset(Path(p), config_dir.parent)) for p in presets]
     meta_file = str(meta_file or config_dir / "metadata.json")
+    settings = dict(settings or {})
+    if train_data is not None:
+        settings["datalist"] = str(datalist_from_datastore(train_data, validate_data, datastore_datalist))
+        logger.info("training on %d datastore items (datalist %s)", len(train_data), settings["datalist"])
+    if epochs is not None:
+        settings["max_epochs"] = int(epochs)
     for name in stages:
         files = [str(config_dir / f) for f in STAGE_CONFIGS[name]] + preset_files
-        override = {**(settings or {}), **(stage_settings or {}).get(name, {})}
+        override = {**settings, **(stage_settings or {}).get(name, {})}
+        if epochs is not None:
+            override["max_epochs"] = int(epochs)
         logger.info("stage %s: %s", name, " + ".join(Path(f).name for f in files))
         workflow = ConfigWorkflow(config_file=files, meta_file=meta_file, logging_file=False, **override)
         workflow.initialize()

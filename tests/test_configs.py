@@ -23,7 +23,7 @@ CHAINS = {
     "train": (["train_global.json"], "train#preprocessing", {"augment": True}),
     "validate": (["train_global.json"], "validate#preprocessing", {}),
     "evaluate": (["train_global.json", "evaluate.json"], "validate#preprocessing", {}),
-    "inference": (["inference.json"], "preprocessing", {}),
+    "inference": (["inference.json"], "preprocessing", {"load_masks": False}),
 }
 
 

@@ -187,7 +187,8 @@ def test_network_data_format_follows_project_conventions(metadata):
     assert (pred["num_channels"], pred["spatial_shape"], pred["dtype"]) == (2, [2944, 1920], "float32")
     assert pred["value_range"] == [0, 1]
     class_channels = {"0": "benign", "1": "malignant"}
-    assert pred["channel_def"] == class_channels
+    # MONAI Label takes the label names and values of its label maps from the first output's channel_def
+    assert pred["channel_def"] == {"0": "background", "1": "benign", "2": "malignant"}
     probabilities = fmt["outputs"]["class_probabilities"]
     assert (probabilities["type"], probabilities["num_channels"]) == ("probabilities", 2)
     assert probabilities["channel_def"] == class_channels

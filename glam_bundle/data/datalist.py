@@ -23,11 +23,13 @@ import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+import numpy as np
 from typing import Any
 
 from glam_bundle.atomic_io import write_text_atomic
 from glam_bundle.constants import (
-    CLASS_NAMES, FILE_KEYS, LATERALITIES, LISTED_IMAGE_SUFFIXES, MASK_FILE_KEYS, SPLITS, VIEWS,
+    CLASS_NAMES, FILE_KEYS, LABEL_MAP_KEY, LATERALITIES, LISTED_IMAGE_SUFFIXES, MASK_FILE_KEYS, SPLITS, VIEWS,
 )
 from glam_bundle.data.errors import BadInputError
 from glam_bundle.data.folder import OUTPUT_NAME_KEY, image_stem, list_folder, output_names, suffix_counts
@@ -37,6 +39,7 @@ __all__ = [
     "datalist_from_folder",
     "load_inference_data",
     "write_datalist",
+    "datalist_from_datastore",
 ]
 
 logger = logging.getLogger(__name__)
@@ -52,7 +55,7 @@ def _check_item(item: Any, where: str, json_path: Path) -> None:
         raise BadInputError(json_path, f"{where} is a {type(item).__name__}, expected an object")
     if not isinstance(item.get("image"), str) or not item["image"]:
         raise BadInputError(json_path, f"{where} has no \"image\" path")
-    for key in MASK_FILE_KEYS:
+    for key in (*MASK_FILE_KEYS, LABEL_MAP_KEY):
         if key in item and (not isinstance(item[key], str) or not item[key]):
             raise BadInputError(json_path, f"{where}: \"{key}\" must be a non-empty path string")
     for key in CLASS_NAMES:
@@ -281,3 +284,48 @@ def write_datalist(splits: Mapping[str, Sequence[Mapping]], path: str | os.PathL
             content[name].append(entry)
     write_text_atomic(json.dumps(content, indent=2) + "\n", path)
     return path
+
+
+def datalist_from_datastore(
+    training: Sequence[Mapping[str, Any]], validation: Sequence[Mapping[str, Any]] | None, path: str | os.PathLike
+) -> Path:
+    """Write MONAI Label's datastore lists as a datalist JSON of this bundle and return its path.
+
+    MONAI Label's train task gives ``[{"image": path, "label": path}, ...]`` (``train#dataset#data`` and
+    ``validate#dataset#data`` of ``configs/train.json``); each ``"label"`` is a label image (0 background,
+    1 benign, 2 malignant) and becomes the item's ``"label_map"``, from which the load chain derives the lesion
+    masks (:class:`glam_bundle.transforms.SplitLabelMapd`); the image-level labels are read from it here (a class
+    with a pixel => 1, else 0), as the class-balanced sampler needs them before loading. Other keys pass through.
+    Without validation items (MONAI Label's ``val_split`` 0) the training items validate, as the log says.
+    """
+    def convert(index: int, item: Mapping[str, Any], split: str) -> dict:
+        if not isinstance(item, Mapping) or not isinstance(item.get("image"), str):
+            raise BadInputError(path, f"{split}[{index}] from the datastore has no \"image\" path: {item!r}")
+        out = {key: value for key, value in item.items() if key != "label"}
+        label = item.get("label")
+        if isinstance(label, str) and label:
+            out[LABEL_MAP_KEY] = label
+            present = _label_map_values(label)
+            for value, name in enumerate(CLASS_NAMES, 1):
+                out.setdefault(name, int(value in present))
+        return out
+
+    content = {"training": [convert(i, item, "training") for i, item in enumerate(training)]}
+    content["validation"] = [convert(i, item, "validation") for i, item in enumerate(validation or [])]
+    if not content["validation"]:
+        logger.warning("no validation items from the datastore: the training items are used for validation")
+        content["validation"] = list(content["training"])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(json.dumps(content, indent=1), path)
+    return path
+
+
+def _label_map_values(path: str) -> set[int]:
+    """The values present in a label image (read as the load chain reads it)."""
+    from monai.transforms import LoadImage
+
+    from glam_bundle.data.readers import MammogramReader
+
+    plane = LoadImage(reader=MammogramReader(allow_constant=True, min_size=0), image_only=True)(path)
+    return {int(v) for v in np.unique(np.asarray(plane))}

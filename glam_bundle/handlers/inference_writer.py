@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +13,9 @@ import nibabel as nib
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from monai.data import MetaTensor, decollate_batch
 
-from glam_bundle.atomic_io import atomic_output
+from glam_bundle.atomic_io import atomic_output, save_png_atomic
 from glam_bundle.data.failures import write_failures_csv
 from glam_bundle.data.folder import OUTPUT_NAME_KEY, image_stem
 from glam_bundle.errors import AllCasesFailedError
@@ -94,6 +95,49 @@ def _case_value(batch: Mapping[str, Any], key: str, i: int, size: int) -> str:
     return ""
 
 
+def _same_path(path: str) -> str:
+    """``path`` absolute and normalised, to compare an item's image with a row's."""
+    return os.path.normpath(os.path.abspath(str(path)))
+
+
+def _read_partial_rows(partial: Path, output_dir: Path) -> list[dict[str, str]]:
+    """The rows of a killed run's ``predictions.csv.partial`` that are complete: a whole line (a kill can cut the
+    last one), an image not seen before, and every output file it names present. [] without the file."""
+    try:
+        text = partial.read_text(encoding="utf-8")
+    except (FileNotFoundError, UnicodeDecodeError):
+        return []
+    if not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    rows, seen = [], set()
+    for row in csv.DictReader(text.splitlines(keepends=True)):
+        image = row.get("image") or ""
+        files = [row.get(key) or "" for key in ("saliency_file", "figure_file")]
+        if (not image or _same_path(image) in seen or None in row or None in row.values()
+                or any(name and not (output_dir / name).is_file() for name in files)):
+            continue
+        seen.add(_same_path(image))
+        rows.append({key: row.get(key) or "" for key in PREDICTION_COLUMNS})
+    return rows
+
+
+def _skip_done_items(engine: Engine, done: set[str]) -> int | None:
+    """Drop from the engine's dataset the items whose ``"image"`` is in ``done`` (normalised paths) and shorten
+    the epoch to match (called at ``STARTED``, before the data loader's iterator is made). The items are the
+    ``data`` list of the dataset, found through wrappers' ``dataset`` attributes (``SkipBadCases`` around MONAI's
+    ``Dataset``). Returns how many items remain, or None when there is no such list."""
+    loader = getattr(engine.state, "dataloader", None) or getattr(engine, "data_loader", None)
+    dataset = getattr(loader, "dataset", None)
+    while dataset is not None and not isinstance(getattr(dataset, "data", None), list):
+        dataset = getattr(dataset, "dataset", None)
+    if dataset is None or not hasattr(loader, "__len__"):
+        return None
+    dataset.data = [item for item in dataset.data
+                    if not (isinstance(item, Mapping) and _same_path(item.get("image", "")) in done)]
+    engine.state.epoch_length = len(loader)
+    return len(dataset.data)
+
+
 def _label_text(value: float) -> str:
     return "" if value < 0 else str(int(round(value)))
 
@@ -125,6 +169,11 @@ class GLAMInferenceWriter:
         write_figures: write the PNG figures.
         crop_size: patch size drawn on the figures.
         prediction_key: entry of the network output used for benign_pred / malignant_pred.
+        label_transform: when given, also ``<name>_label.png``: the label map of S_c on the *input image's* pixels
+            (uint8, 0 background, 1 benign, 2 malignant), made by this callable from ``{"pred": S_c (2, H, W)
+            MetaTensor, "image": the case's preprocessed image}``; ``configs/inference.json`` gives the same
+            ``Invertd`` + :class:`~glam_bundle.transforms.SaliencyToLabeld` steps as its MONAI Label
+            post-processing (``--write_label true``). Not listed in ``predictions.csv``.
     """
 
     def __init__(
@@ -134,8 +183,10 @@ class GLAMInferenceWriter:
         write_figures: bool = True,
         crop_size: Sequence[int] = (512, 512),
         prediction_key: str = "y_global",
+        label_transform: Callable[[dict], dict] | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
+        self.label_transform = label_transform
         self.write_saliency = write_saliency
         self.write_figures = write_figures
         self.crop_size = tuple(crop_size)
@@ -161,9 +212,36 @@ class GLAMInferenceWriter:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if self._partial is not None:
             self._partial.close()
+        done = _read_partial_rows(self._partial_path, self.output_dir)  # a killed run's finished images
         self._partial = open(self._partial_path, "w", newline="", encoding="utf-8")
         self._writer = csv.DictWriter(self._partial, fieldnames=list(PREDICTION_COLUMNS))
         self._writer.writeheader()
+        self._resume_done_images(engine, done)
+
+    def _resume_done_images(self, engine: Engine, rows: list[dict[str, str]]) -> None:
+        """Resume a killed run: keep the rows of ``predictions.csv.partial`` whose outputs are complete (``rows``,
+        rewritten into the new partial file, their names taken) and drop their images from the engine's dataset,
+        so that only the images not yet done are processed. Without a dataset whose items can be dropped (see
+        :func:`_skip_done_items`) the killed run's rows are discarded and every image is processed again."""
+        if not rows:
+            return
+        skipped = _skip_done_items(engine, {_same_path(row["image"]) for row in rows})
+        if skipped is None:
+            logger.warning("inference: %s of a killed run discarded (this dataset's items cannot be skipped); "
+                           "every image is processed again", self._partial_path)
+            return
+        for row in rows:
+            self._writer.writerow(row)
+            stem = row.get("saliency_file") or row.get("figure_file") or ""
+            for suffix in ("_saliency.nii.gz", "_figure.png"):
+                stem = stem[: -len(suffix)] if stem.endswith(suffix) else stem
+            if stem:
+                self._stems.add(stem.lower())
+        self._partial.flush()
+        self.num_written = len(rows)
+        logger.info("inference: resuming a killed run in %s: %d images already done are skipped, %d to go "
+                    "(delete %s to process every image again)", self.output_dir, len(rows), skipped,
+                    self._partial_path)
 
     def _unique_stem(self, image_path: str, name: str | None = None) -> str:
         stem = name or image_stem(Path(image_path).name) or "image"
@@ -204,6 +282,8 @@ class GLAMInferenceWriter:
         if self.write_saliency:
             with atomic_output(self.output_dir / saliency_file) as tmp:
                 nib.save(nib.Nifti1Image(saliency.astype(np.float32), np.eye(4)), tmp)
+        if self.label_transform is not None:
+            self._write_label(stem, pred["saliency"][i], batch["image"], i)
         if self.write_figures:
             mask = None
             if "mask" in batch and "has_mask" in batch and bool(batch["has_mask"][i].any()):
@@ -226,6 +306,13 @@ class GLAMInferenceWriter:
             "figure_file": figure_file,
             **{key: _case_value(batch, key, i, size) for key in META_COLUMNS},
         })
+
+    def _write_label(self, stem: str, saliency: torch.Tensor, images: torch.Tensor, i: int) -> None:
+        """``<stem>_label.png``: case ``i``'s S_c (2, H, W) as a label map on its input image's pixels."""
+        image = decollate_batch(images, detach=True)[i] if isinstance(images, MetaTensor) and images.is_batch else images[i]
+        item = self.label_transform({"pred": MetaTensor(saliency.detach().float().cpu()), "image": image})
+        label = np.asarray(item["pred"])
+        save_png_atomic(label[0].astype(np.uint8), self.output_dir / f"{stem}_label.png")
 
     def write_failures_file(self, engine: Engine) -> None:
         failures = [*getattr(engine.state, "failures", []), *self.write_failures]

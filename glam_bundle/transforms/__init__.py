@@ -6,8 +6,10 @@
   image (:class:`BreastMaskd`).
 - ``spatial``: orientation, breast crop, best-centre window and its training noise, resampling to the NYU
   scale, and the map from raw-image points into the model frame.
-- ``label``: image-level labels and stacked lesion masks (:class:`MakeLabeld`, :class:`StackMasksd`).
-- ``post``: transforms of the network output (:class:`SelectOutputsd`).
+- ``label``: image-level labels and stacked lesion masks (:class:`MakeLabeld`, :class:`StackMasksd`, a label image split
+  by :class:`SplitLabelMapd`).
+- ``post``: transforms of the network output (:class:`SelectOutputsd`; for MONAI Label :class:`SaliencyMapd`,
+  :class:`SaliencyToLabeld`, :class:`ToWriterAxesd`).
 - ``chain``: the preprocessing chain as four named pieces (:func:`load_transforms`, :func:`frame_transforms`,
   :func:`window_transforms`, :func:`finish_transforms`) and joined (:func:`default_preprocessing`).
 - ``utils``: item-level helpers shared by the families.
@@ -39,8 +41,8 @@ from glam_bundle.transforms.chain import (
     load_transforms,
     window_transforms,
 )
-from glam_bundle.transforms.label.dictionary import MakeLabeld, StackMasksd, fill_outline
-from glam_bundle.transforms.post.dictionary import SelectOutputsd
+from glam_bundle.transforms.label.dictionary import MakeLabeld, SplitLabelMapd, StackMasksd, fill_outline
+from glam_bundle.transforms.post.dictionary import SaliencyMapd, SaliencyToLabeld, SelectOutputsd, ToWriterAxesd
 from glam_bundle.transforms.spatial.array import best_center, crop_geometry, map_to_model_frame, window_geometry
 from glam_bundle.transforms.spatial.dictionary import (
     BestCenterWindowd,
@@ -60,7 +62,11 @@ __all__ = [
     "ResampleToSpacingd",
     "StackMasksd",
     "MakeLabeld",
+    "SplitLabelMapd",
     "SelectOutputsd",
+    "SaliencyMapd",
+    "SaliencyToLabeld",
+    "ToWriterAxesd",
     "original_breast_mask",
     "film_breast_mask",
     "otsu_threshold",

@@ -9,7 +9,8 @@ the NYU pixel scale. Training adds the original crop-position / crop-size noise 
 
 Order (``[...]`` only when asked for)::
 
-    load_transforms:   LoadImaged(image) -> LoadImaged(mask_benign, mask_malignant) -> MakeLabeld -> StackMasksd
+    load_transforms:   LoadImaged(image) -> LoadImaged(mask_benign, mask_malignant, label_map) -> SplitLabelMapd
+                       -> MakeLabeld -> StackMasksd
     frame_transforms:  ResampleToSpacingd (unless spacing=None) -> BreastMaskd -> OrientBreastd -> CropBreastd
     window_transforms: BestCenterWindowd -> [RandWindowNoised]
     finish_transforms: NormalizeIntensityd -> EnsureTyped -> DeleteItemsd(breast_mask)
@@ -33,6 +34,7 @@ from glam_bundle.constants import (
     BREAST_MASK_EROSION,
     CLASS_NAMES,
     IMAGE_KEY,
+    LABEL_MAP_KEY,
     MASK_FILE_KEYS,
     MAX_IMAGE_BYTES,
     MAX_IMAGE_PIXELS,
@@ -41,7 +43,7 @@ from glam_bundle.constants import (
 )
 from glam_bundle.data.readers import MammogramReader
 from glam_bundle.transforms.breast.dictionary import BreastMaskd, parse_film
-from glam_bundle.transforms.label.dictionary import MakeLabeld, StackMasksd
+from glam_bundle.transforms.label.dictionary import MakeLabeld, SplitLabelMapd, StackMasksd
 from glam_bundle.transforms.spatial.dictionary import (
     BestCenterWindowd,
     CropBreastd,
@@ -76,16 +78,20 @@ def load_transforms(
     model_frame_size: Sequence[int] = MODEL_FRAME_SIZE,
     max_pixels: int | None = MAX_IMAGE_PIXELS,
     max_bytes: int | None = MAX_IMAGE_BYTES,
+    load_masks: bool | str = True,
 ) -> list:
     """Read the files of a datalist item and build its targets.
 
-    In: a datalist item, ``"image"`` (path), optional ``"mask_benign"``/``"mask_malignant"`` (paths), optional
+    In: a datalist item, ``"image"`` (path), optional ``"mask_benign"``/``"mask_malignant"`` (paths) or
+    ``"label_map"`` (path of one label image: 0 background, 1 benign, 2 malignant, split by :class:`SplitLabelMapd`), optional
     ``"benign"``/``"malignant"`` (0/1, unknown when missing/None/negative), optional ``"mask_frame"``
     ("raw"/"model"), ``"view"``, ``"laterality"``, ``"horizontal_flip"``.
 
     Out: ``"image"`` MetaTensor (1, H, W) float32 raw intensities; ``"label"`` (2,) float32 (-1 unknown);
     ``"mask"`` (2, H, W) bool lesion masks ((2, *model_frame_size) when ``"mask_frame"`` is "model");
     ``"has_mask"`` (2,) float32; ``"mask_frame"`` "raw"/"model". The class and mask-file keys are removed.
+    With ``load_masks`` false only the image is read (one ``LoadImaged``, as MONAI Label expects of
+    ``configs/inference.json``): no ``"mask"``/``"has_mask"``, and mask-file keys in the item are ignored.
 
     Args:
         min_size: smallest accepted image (H, W) (the reader rejects smaller ones); lesion masks have none.
@@ -95,22 +101,25 @@ def load_transforms(
             ``glam_bundle.constants``); None: no limit. A config raises them with e.g.
             ``"load_transforms": {"_target_": "glam_bundle.transforms.load_transforms", ..., "max_pixels": 100000000,
             "max_bytes": 200000000}``. They do not change what is decoded, so cache entries stay valid.
+        load_masks: read the lesion masks (training, evaluation); false for inference (true/false or their strings).
     """
     limits = {"max_pixels": max_pixels, "max_bytes": max_bytes}
+    load_image = LoadImaged(
+        keys=IMAGE_KEY, reader=MammogramReader(min_size=min_size, **limits), image_only=True, ensure_channel_first=True
+    )
+    if not _parse_bool("load_masks", load_masks):
+        return [load_image, MakeLabeld(keys=CLASS_NAMES, label_key="label"),
+                DeleteItemsd(keys=(*MASK_FILE_KEYS, LABEL_MAP_KEY))]
     return [
+        load_image,
         LoadImaged(
-            keys=IMAGE_KEY,
-            reader=MammogramReader(min_size=min_size, **limits),
-            image_only=True,
-            ensure_channel_first=True,
-        ),
-        LoadImaged(
-            keys=MASK_FILE_KEYS,
+            keys=(*MASK_FILE_KEYS, LABEL_MAP_KEY),
             reader=MammogramReader(allow_constant=True, min_size=0, **limits),
             image_only=True,
             ensure_channel_first=True,
             allow_missing_keys=True,
         ),
+        SplitLabelMapd(keys=LABEL_MAP_KEY, classes=CLASS_NAMES),
         MakeLabeld(keys=CLASS_NAMES, label_key="label"),
         StackMasksd(keys=MASK_FILE_KEYS, model_frame_size=model_frame_size, dtype=torch.bool),
     ]
@@ -201,7 +210,8 @@ def finish_transforms(keep_breast_mask: bool | str = False) -> list:
     """Standardise the image, cast the model inputs to float32 and drop the breast mask.
 
     In: the output of :func:`window_transforms`. Out: ``"image"`` MetaTensor (1, H, W) float32 standardised,
-    ``"label"`` (2,), ``"mask"`` (2, H, W), ``"has_mask"`` (2,) (all float32), without ``"breast_mask"``; the
+    ``"label"`` (2,), ``"mask"`` (2, H, W), ``"has_mask"`` (2,) (all float32; masks only if loaded), without
+    ``"breast_mask"``; the
     other item keys (``"view"``, ``"laterality"``, ``"mask_frame"``, ...) pass through.
 
     Args:
@@ -213,7 +223,7 @@ def finish_transforms(keep_breast_mask: bool | str = False) -> list:
         # MONAI's NormalizeIntensity is the original (x - mean) / std with the population std (ddof 0);
         # it differs only for std == 0 (divides by 1; the original by 1e-5), where both give 0.
         NormalizeIntensityd(keys=IMAGE_KEY),
-        EnsureTyped(keys=(IMAGE_KEY, "label", "mask", "has_mask"), dtype=torch.float32),
+        EnsureTyped(keys=(IMAGE_KEY, "label", "mask", "has_mask"), dtype=torch.float32, allow_missing_keys=True),
         EnsureTyped(keys="breast_mask", dtype=torch.float32, track_meta=False, allow_missing_keys=True)
         if keep_breast_mask
         else DeleteItemsd(keys="breast_mask"),
@@ -230,6 +240,7 @@ def default_preprocessing(
     min_size: int | Sequence[int] = PATCH_SIZE,
     keep_artefacts: bool | str = False,
     geometry_scale: float = 1.0,
+    load_masks: bool = True,
 ) -> Compose:
     """The whole GLAM preprocessing chain as a MONAI ``Compose``: the four pieces joined (see the module).
 
@@ -246,9 +257,10 @@ def default_preprocessing(
         keep_artefacts: false (default) clears digital windows outside the breast; true keeps them as the
             original pipeline (see :func:`frame_transforms`).
         geometry_scale: factor on the breast-mask erosion and crop buffer (see :func:`frame_transforms`).
+        load_masks: read the lesion masks (false: the image only, as ``configs/inference.json``).
     """
     return Compose(
-        load_transforms(min_size, image_size)
+        load_transforms(min_size, image_size, load_masks=load_masks)
         + frame_transforms(film, spacing, keep_artefacts, geometry_scale)
         + window_transforms(image_size, augment, max_crop_noise, max_crop_size_noise)
         + finish_transforms()

@@ -11,11 +11,45 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from glam_bundle.constants import CLASS_NAMES, MASK_FILE_KEYS, MODEL_FRAME_SIZE
+from glam_bundle.constants import CLASS_NAMES, LABEL_MAP_KEY, MASK_FILE_KEYS, MODEL_FRAME_SIZE
 from glam_bundle.data.errors import BadInputError
 from glam_bundle.transforms.utils import is_model_frame, source_name
 
-__all__ = ["StackMasksd", "MakeLabeld", "fill_outline"]
+__all__ = ["StackMasksd", "MakeLabeld", "SplitLabelMapd", "fill_outline"]
+
+
+class SplitLabelMapd(MapTransform):
+    """Split a loaded label image (0 background, 1 benign, 2 malignant; MONAI Label's datastore labels) into the
+    per-class lesion masks and image-level labels that the rest of the chain reads.
+
+    In: ``keys`` (default ``"label_map"``) a loaded (C, H, W) label image (channel 0 is used). Out:
+    ``mask_benign``/``mask_malignant`` (1, H, W) bool and ``benign``/``malignant`` = 1 when the class has a pixel,
+    else 0 (a lesion of class c present => y_c = 1); values given in the item already win. The key is removed.
+    Items without it pass unchanged.
+    """
+
+    def __init__(self, keys: KeysCollection = LABEL_MAP_KEY, classes: Sequence[str] = CLASS_NAMES):
+        super().__init__(keys, allow_missing_keys=True)
+        self.classes = tuple(classes)
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            label_map = d.pop(key)
+            plane = torch.as_tensor(label_map)[:1]
+            values = sorted(int(v) if float(v).is_integer() else float(v) for v in torch.unique(plane).tolist())
+            if not set(values) <= set(range(len(self.classes) + 1)):
+                raise BadInputError(
+                    source_name(label_map),
+                    f"label map values {values[:8]} are not 0 (background) .. {len(self.classes)} "
+                    f"({', '.join(f'{i} {name}' for i, name in enumerate(self.classes, 1))})",
+                )
+            for value, name in enumerate(self.classes, 1):
+                mask = plane == value
+                d[f"mask_{name}"] = MetaTensor(mask, meta=dict(getattr(label_map, "meta", {})))
+                if d.get(name) is None:
+                    d[name] = int(bool(mask.any()))
+        return d
 
 
 class StackMasksd(MapTransform):

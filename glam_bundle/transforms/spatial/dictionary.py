@@ -11,6 +11,13 @@ left-right flip applied), ``"crop_box"`` (rows/cols ``[y0, y1, x0, x1]`` of the 
 ``"best_center"`` ([row, col] in the crop), ``"window_pad"`` ([top, bottom, right] zero padding) and
 ``"window_box"`` ([top, bottom, left, right] of the window in the padded crop), ``"resample_factor"``
 ([row, col]) and, after noise, ``"noise_box"``.
+
+Every transform here is a MONAI ``InvertibleTransform``: it pushes one entry of its own onto the
+``applied_operations`` of each MetaTensor it moves (the inner MONAI crops, pads, flips and resizes run untraced),
+holding what its ``inverse`` needs. So ``Compose.inverse`` or MONAI's ``Invertd(keys="pred", transform=<chain>,
+orig_keys="image")`` puts a model-frame map (C, H, W) back on the raw image's (C, H_raw, W_raw) grid: regions cut
+away come back as 0. Entries are matched by class name, not instance id, so a chain rebuilt in another process
+(a dataset cache, a server) inverts them too.
 """
 
 from __future__ import annotations
@@ -22,8 +29,10 @@ from typing import Any
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.transforms import BorderPad, Flip, MapTransform, RandomizableTransform, Resize, SpatialCrop
-from monai.utils import ensure_tuple
+from monai.data import MetaTensor
+from monai.data.meta_obj import get_track_meta
+from monai.transforms import BorderPad, Flip, InvertibleTransform, MapTransform, RandomizableTransform, Resize, SpatialCrop
+from monai.utils import TraceKeys, ensure_tuple
 
 from glam_bundle.constants import MODEL_FRAME_SIZE, NYU_PIXEL_SPACING_MM
 from glam_bundle.data.errors import BadInputError
@@ -45,7 +54,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["OrientBreastd", "CropBreastd", "BestCenterWindowd", "RandWindowNoised", "ResampleToSpacingd"]
 
 
-class _GeometryMapTransform(MapTransform):
+class _GeometryMapTransform(MapTransform, InvertibleTransform):
     """Base of the geometry transforms: the image drives the geometry, mask keys follow it.
 
     Keys listed in ``model_frame_keys`` are skipped for items whose ``frame_key`` is ``"model"``. The
@@ -75,6 +84,66 @@ class _GeometryMapTransform(MapTransform):
         if self.breast_mask_key in data and self.breast_mask_key not in keys:
             keys.append(self.breast_mask_key)
         return keys
+
+    # --- invertibility: one traced entry per transform and tensor ---------------------------------------------
+
+    def record(self, tensor, orig_size: Sequence[int], **extra_info):
+        """Push this transform's entry (``orig_size`` = spatial size before it, ``extra_info`` = what the inverse
+        needs) onto ``tensor``'s ``applied_operations``; plain tensors are returned as they are."""
+        if isinstance(tensor, MetaTensor) and get_track_meta():
+            self.push_transform(tensor, orig_size=[int(v) for v in orig_size], extra_info=extra_info)
+        return tensor
+
+    def inverse(self, data: Mapping) -> dict:
+        """Undo this transform on every key whose MetaTensor carries its entry on top of ``applied_operations``.
+
+        Keys this transform never moved (missing, plain tensors, model-frame masks) are left as they are; a
+        tensor whose most recent entry is another transform's while one of this transform's lies below is a
+        RuntimeError (the chain is being inverted out of order).
+        """
+        d = dict(data)
+        name = type(self).__name__
+        for key in self.key_iterator(d):
+            tensor = d[key]
+            operations = getattr(tensor, "applied_operations", None) or []
+            if not any(op.get(TraceKeys.CLASS_NAME) == name for op in operations):
+                continue
+            if operations[-1].get(TraceKeys.CLASS_NAME) != name:
+                raise RuntimeError(
+                    f"{name}.inverse: the most recent transform of '{key}' is "
+                    f"{operations[-1].get(TraceKeys.CLASS_NAME)}, not {name}; invert the chain in reverse order."
+                )
+            entry = operations.pop()
+            d[key] = self.inverse_tensor(tensor, entry[TraceKeys.ORIG_SIZE], entry[TraceKeys.EXTRA_INFO])
+        return d
+
+    def inverse_tensor(self, tensor: torch.Tensor, orig_size: Sequence[int], extra_info: Mapping) -> torch.Tensor:
+        """``tensor`` (C, h, w) back to the spatial size ``orig_size`` it had before this transform."""
+        raise NotImplementedError
+
+
+def _untraced(transform):
+    """``transform`` with tracing off: the geometry transforms record one entry of their own instead."""
+    transform.tracing = False
+    return transform
+
+
+def _resize_mode(tensor: torch.Tensor, float_mode: str) -> str:
+    """Interpolation for ``tensor``: ``float_mode`` for floating point data, nearest-exact for masks/labels."""
+    return float_mode if torch.is_floating_point(tensor) else "nearest-exact"
+
+
+def _resize(tensor: torch.Tensor, size: Sequence[int], mode: str) -> torch.Tensor:
+    """``tensor`` (C, h, w) resized to ``size``; bool and integer tensors keep their dtype."""
+    size = tuple(int(v) for v in size)
+    if tuple(tensor.shape[1:]) == size:
+        return tensor
+    mode = _resize_mode(tensor, mode) if mode != "nearest" else "nearest-exact"
+    dtype = tensor.dtype
+    out = _untraced(Resize(size, mode=mode))(tensor if torch.is_floating_point(tensor) else tensor.float())
+    if dtype == torch.bool:
+        return out > 0.5
+    return out if torch.is_floating_point(tensor) else out.round().to(dtype)
 
 
 class OrientBreastd(_GeometryMapTransform):
@@ -120,7 +189,7 @@ class OrientBreastd(_GeometryMapTransform):
         self.breast_mask_key = breast_mask_key
         self.flip_key = flip_key
         self.default_view = default_view
-        self.flipper = Flip(spatial_axis=1)
+        self.flipper = _untraced(Flip(spatial_axis=1))
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
@@ -148,10 +217,14 @@ class OrientBreastd(_GeometryMapTransform):
                 view, view_source = view_from_image(plane[:, ::-1] if flipped else plane), "image"
             else:
                 view, view_source = self.default_view, "default"
+        shape = image.shape[1:]
         if flipped:
             image = self.flipper(image)
             for key in self.follow_keys(d):
                 d[key] = self.flipper(d[key])
+        for key in self.follow_keys(d):
+            self.record(d[key], shape, flipped=flipped)
+        self.record(image, shape, flipped=flipped)
         image.meta.update(
             {
                 "flipped": flipped,
@@ -166,6 +239,9 @@ class OrientBreastd(_GeometryMapTransform):
         d[self.image_key] = image
         d["laterality"], d["view"] = laterality, view
         return d
+
+    def inverse_tensor(self, tensor: torch.Tensor, orig_size: Sequence[int], extra_info: Mapping) -> torch.Tensor:
+        return self.flipper(tensor) if extra_info["flipped"] else tensor
 
 
 class CropBreastd(_GeometryMapTransform):
@@ -210,13 +286,19 @@ class CropBreastd(_GeometryMapTransform):
         offset = int(self.legacy_flip_offset and bool(image.meta.get("flipped", False)))
         geometry = crop_geometry(mask, self.buffer, self.rightmost_from_ratio, offset)
         y0, y1, x0, x1 = geometry["crop_box"]
-        cropper = SpatialCrop(roi_start=(y0, x0), roi_end=(y1, x1))
-        image = cropper(image)
+        cropper = _untraced(SpatialCrop(roi_start=(y0, x0), roi_end=(y1, x1)))
+        shape = image.shape[1:]
+        image = self.record(cropper(image), shape, crop_box=[y0, y1, x0, x1])
         for key in self.follow_keys(d):
-            d[key] = cropper(d[key])
+            d[key] = self.record(cropper(d[key]), shape, crop_box=[y0, y1, x0, x1])
         image.meta.update(geometry)
         d[self.image_key] = image
         return d
+
+    def inverse_tensor(self, tensor: torch.Tensor, orig_size: Sequence[int], extra_info: Mapping) -> torch.Tensor:
+        y0, y1, x0, x1 = (int(v) for v in extra_info["crop_box"])
+        border = [y0, int(orig_size[0]) - y1, x0, int(orig_size[1]) - x1]
+        return _untraced(BorderPad(spatial_border=border, mode="constant", value=0))(tensor)
 
 
 class BestCenterWindowd(_GeometryMapTransform):
@@ -271,11 +353,12 @@ class BestCenterWindowd(_GeometryMapTransform):
         padded_h, padded_w = plane.shape[0] + pad_top + pad_bottom, plane.shape[1] + pad_right
         top, bottom = max(box[0] - margin[0], 0), min(box[1] + margin[0], padded_h)
         left, right = max(box[2] - margin[1], 0), min(box[3] + margin[1], padded_w)
-        pad = BorderPad(spatial_border=[pad_top, pad_bottom, 0, pad_right], mode="constant", value=0)
-        cut = SpatialCrop(roi_start=(top, left), roi_end=(bottom, right))
-        image = cut(pad(image))
+        pad = _untraced(BorderPad(spatial_border=[pad_top, pad_bottom, 0, pad_right], mode="constant", value=0))
+        cut = _untraced(SpatialCrop(roi_start=(top, left), roi_end=(bottom, right)))
+        record = {"pad": [pad_top, pad_bottom, pad_right], "cut": [top, bottom, left, right]}
+        image = self.record(cut(pad(image)), plane.shape, **record)
         for key in self.follow_keys(d):
-            d[key] = cut(pad(d[key]))
+            d[key] = self.record(cut(pad(d[key])), plane.shape, **record)
         image.meta.update(
             {
                 "view": view,
@@ -288,6 +371,15 @@ class BestCenterWindowd(_GeometryMapTransform):
         d[self.image_key] = image
         d["view"] = view
         return d
+
+    def inverse_tensor(self, tensor: torch.Tensor, orig_size: Sequence[int], extra_info: Mapping) -> torch.Tensor:
+        height, width = (int(v) for v in orig_size)
+        pad_top, pad_bottom, pad_right = (int(v) for v in extra_info["pad"])
+        top, bottom, left, right = (int(v) for v in extra_info["cut"])
+        padded_h, padded_w = height + pad_top + pad_bottom, width + pad_right
+        uncut = _untraced(BorderPad(spatial_border=[top, padded_h - bottom, left, padded_w - right], mode="constant"))
+        unpad = _untraced(SpatialCrop(roi_start=(pad_top, 0), roi_end=(pad_top + height, width)))
+        return unpad(uncut(tensor))
 
 
 class RandWindowNoised(RandomizableTransform, _GeometryMapTransform):
@@ -372,18 +464,19 @@ class RandWindowNoised(RandomizableTransform, _GeometryMapTransform):
             noisy = [int(v) for v in box]
         else:
             noisy = self.noise_box(shape, box)
-        cut = SpatialCrop(roi_start=(noisy[0], noisy[2]), roi_end=(noisy[1], noisy[3]))
-        resize_image = Resize(self.window_size, mode="bicubic")
-        resize_mask = Resize(self.window_size, mode="nearest-exact")
+        cut = _untraced(SpatialCrop(roi_start=(noisy[0], noisy[2]), roi_end=(noisy[1], noisy[3])))
+        resize_image = _untraced(Resize(self.window_size, mode="bicubic"))
+        resize_mask = _untraced(Resize(self.window_size, mode="nearest-exact"))
 
         def place(mask):
             # a model-frame mask covers exactly the noise-free window: put it into the margin frame
             border = [box[0], shape[0] - box[1], box[2], shape[1] - box[3]]
-            return BorderPad(spatial_border=border, mode="constant", value=0)(mask)
+            return _untraced(BorderPad(spatial_border=border, mode="constant", value=0))(mask)
 
         out = cut(image)
         if tuple(out.shape[1:]) != self.window_size:
             out = resize_image(out)
+        self.record(out, shape, noise_box=noisy, mode="bilinear")
         model_keys = self.model_frame_keys if is_model_frame(d, self.frame_key) else ()
         keys = [key for key in self.key_iterator(d) if key != self.image_key]
         if self.breast_mask_key in d and self.breast_mask_key not in keys:
@@ -395,10 +488,16 @@ class RandWindowNoised(RandomizableTransform, _GeometryMapTransform):
                 dtype = mask.dtype
                 mask = resize_mask(mask.float())
                 mask = mask > 0.5 if dtype == torch.bool else mask.to(dtype)
-            d[key] = mask
+            d[key] = self.record(mask, shape, noise_box=noisy, mode="nearest")
         out.meta["noise_box"] = noisy
         d[self.image_key] = out
         return d
+
+    def inverse_tensor(self, tensor: torch.Tensor, orig_size: Sequence[int], extra_info: Mapping) -> torch.Tensor:
+        top, bottom, left, right = (int(v) for v in extra_info["noise_box"])
+        tensor = _resize(tensor, (bottom - top, right - left), extra_info.get("mode", "bilinear"))
+        border = [top, int(orig_size[0]) - bottom, left, int(orig_size[1]) - right]
+        return _untraced(BorderPad(spatial_border=border, mode="constant", value=0))(tensor)
 
 
 class ResampleToSpacingd(_GeometryMapTransform):
@@ -481,17 +580,16 @@ class ResampleToSpacingd(_GeometryMapTransform):
                 {"resample_factor": [1.0, 1.0], "pixel_spacing_mm": 0.0, "source_spacing_mm": [0.0, 0.0],
                  "spacing_source": "none"}
             )
-            d[self.image_key] = image
-            return d
-        size = tuple(max(1, round(n * s / self.target_spacing)) for n, s in zip(image.shape[1:], spacing))
-        factor = [size[0] / image.shape[1], size[1] / image.shape[2]]
-        if tuple(size) != tuple(image.shape[1:]):
-            image = Resize(size, mode="bilinear")(image)
+            d[self.image_key] = self.record(image, image.shape[1:], mode="bilinear")
             for key in self.follow_keys(d):
-                mask = d[key]
-                dtype = mask.dtype
-                mask = Resize(size, mode="nearest-exact")(mask.float())
-                d[key] = mask > 0.5 if dtype == torch.bool else mask.to(dtype)
+                self.record(d[key], image.shape[1:], mode="nearest")
+            return d
+        shape = image.shape[1:]
+        size = tuple(max(1, round(n * s / self.target_spacing)) for n, s in zip(shape, spacing))
+        factor = [size[0] / image.shape[1], size[1] / image.shape[2]]
+        image = self.record(_resize(image, size, "bilinear"), shape, mode="bilinear")
+        for key in self.follow_keys(d):
+            d[key] = self.record(_resize(d[key], size, "nearest"), shape, mode="nearest")
         image.meta.update(
             {
                 "resample_factor": factor,
@@ -503,3 +601,6 @@ class ResampleToSpacingd(_GeometryMapTransform):
         d[self.image_key] = image
         return d
 
+
+    def inverse_tensor(self, tensor: torch.Tensor, orig_size: Sequence[int], extra_info: Mapping) -> torch.Tensor:
+        return _resize(tensor, orig_size, extra_info.get("mode", "bilinear"))
