@@ -6,12 +6,14 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
 from ignite.engine import Engine, Events
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from torch.utils.data import DistributedSampler
 
 from glam_bundle.constants import FAILURES_KEY
 from glam_bundle.data.samplers import seed_epoch
+from glam_bundle.precision import AutocastInferer, describe, resolve_autocast
 
 logger = logging.getLogger(__name__)
 
@@ -52,17 +54,45 @@ class SkipFailedCasesMixin:
 
 
 class GLAMEvaluator(SkipFailedCasesMixin, SupervisedEvaluator):
-    """``SupervisedEvaluator`` that skips bad cases (see ``SkipFailedCasesMixin``).
+    """``SupervisedEvaluator`` that skips bad cases (see ``SkipFailedCasesMixin``) and runs each iteration under
+    ``torch.inference_mode`` and the network under the autocast of ``precision``.
 
     Args:
         output_batch_keys: batch keys copied into ``engine.state.output`` (e.g. ["mask"] for localisation
             metrics).
+        precision: "float32" (default: no autocast), "bfloat16", "float16" (GPU) or "auto" (see
+            ``glam_bundle.precision``). With reduced precision the network runs under ``torch.autocast`` and its
+            floating-point outputs are returned in float32; MONAI's ``amp`` is then ignored.
+        inference_mode: run the iteration (batch preparation, network, postprocessing) under
+            ``torch.inference_mode`` rather than only ``torch.no_grad`` (default True).
         *args, **kwargs: those of ``SupervisedEvaluator``.
     """
 
-    def __init__(self, *args: Any, output_batch_keys: Sequence[str] = (), **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        output_batch_keys: Sequence[str] = (),
+        precision: str = "float32",
+        inference_mode: bool = True,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._init_failure_tracking(output_batch_keys)
+        self.precision = str(precision)
+        self.inference_mode = bool(inference_mode)
+        self.autocast = resolve_autocast(self.state.device, self.precision)
+        if self.autocast["enabled"]:
+            self.amp = False  # our autocast replaces MONAI's CUDA-only one
+            self.inferer = AutocastInferer(self.inferer, self.autocast)
+        self._precision_note = describe(self.state.device, self.precision)
+        self.add_event_handler(Events.STARTED, self._log_precision)
+
+    def _log_precision(self, engine: Engine) -> None:
+        logger.info("%s; inference_mode %s", self._precision_note, self.inference_mode)
+
+    def _iteration(self, engine: Engine, batchdata: dict[str, Any]) -> dict:
+        with torch.inference_mode(self.inference_mode):
+            return super()._iteration(engine, batchdata)
 
 
 class GLAMTrainer(SkipFailedCasesMixin, SupervisedTrainer):
