@@ -6,9 +6,13 @@ checks what a MONAI Label client (3D Slicer, OHIF) relies on:
 - size and orientation: the label has the original image's (H, W) as a PNG viewer sees it (rows x columns),
   not the transposed (W, H);
 - values: an integer map (uint8) holding only 0 background, 1 benign, 2 malignant;
-- ``--all_breast`` (inference requested with threshold 0, so that every pixel the model saw gets a class):
-  the labelled pixels cover the breast of the original image and lie on it (plus a margin for the crop buffer),
-  which shows that the flip, breast crop and model-frame window were undone, whatever the weights;
+- ``--mirror_of OTHER``: this label was returned for the left-right mirror image of OTHER's image. The bundle
+  turns every breast to face the same way, so both images reach the network as the same model-frame image and
+  the labels must be exact mirrors of each other, whatever the weights: this shows that the flip (and the crop and
+  window around it) were undone in the right order;
+- ``--all_breast`` (inference requested with threshold 0, so that every pixel with a saliency gets a class):
+  the labelled pixels cover the breast of the original image (the threshold reaches the bundle); the share lying
+  on the breast's bounding box is shown for information;
 - lesions: the share of each planted lesion's pixels labelled with its class, compared with the same label
   flipped left-right and upside-down; required only with ``--require_lesions`` (a trained checkpoint).
 
@@ -50,13 +54,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image", required=True, help="the original image the inference was asked for")
     p.add_argument("--mask", action="append", default=[], metavar="CLASS=PATH",
                    help="planted lesion mask of the phantom (0/255 PNG), CLASS benign or malignant; repeatable")
+    p.add_argument("--mirror_of", metavar="OTHER_LABEL",
+                   help="label returned for the image this one mirrors left-right: must be its exact mirror")
+    p.add_argument("--min_mirror_agree", type=float, default=0.99,
+                   help="--mirror_of: share of pixels that must equal the other label's mirror (default 0.99)")
     p.add_argument("--all_breast", action="store_true",
                    help="the label was requested with threshold 0: check it covers the breast and only the breast")
     p.add_argument("--min_breast_cover", type=float, default=0.95,
                    help="--all_breast: share of breast pixels that must be labelled (default 0.95)")
     p.add_argument("--min_on_breast", type=float, default=0.90,
-                   help="--all_breast: share of labelled pixels that must lie within the breast's bounding box "
-                        "widened by --margin (default 0.90)")
+                   help="--all_breast: share of labelled pixels expected within the breast's bounding box "
+                        "widened by --margin (shown, not required; default 0.90)")
     p.add_argument("--margin", type=float, default=0.1,
                    help="--all_breast: widening of the breast's bounding box, as a share of the image size")
     p.add_argument("--require_lesions", action="store_true",
@@ -128,7 +136,22 @@ def main(argv: list[str] | None = None) -> int:
               f"the label flipped left-right would cover {cover_lr:.1%})")
         check(on_box >= args.min_on_breast,
               f"{on_box:.1%} of the labelled pixels lie on the breast's bounding box +{args.margin:.0%} "
-              f"(>= {args.min_on_breast:.0%})")
+              f"(>= {args.min_on_breast:.0%} expected)", required=False)
+
+    if args.mirror_of:
+        try:
+            other = np.squeeze(read_2d(args.mirror_of))
+        except Exception as exc:  # noqa: BLE001
+            print(f"FAIL cannot read --mirror_of {args.mirror_of}: {type(exc).__name__}: {exc}")
+            return 2
+        if other.shape != label.shape:
+            check(False, f"mirror: the other label's shape {other.shape} differs from {label.shape}")
+        else:
+            agree = (label == np.fliplr(other)).mean()
+            agree_plain = (label == other).mean()
+            check(agree >= args.min_mirror_agree,
+                  f"this label equals the mirror image of {args.mirror_of} on {agree:.2%} of the pixels "
+                  f"(>= {args.min_mirror_agree:.0%}; unmirrored: {agree_plain:.2%})")
 
     for name, mask in masks.items():
         if mask.shape != image.shape:
@@ -147,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{hit_any:.1%} labelled non-zero; flipped left-right {hit_lr:.1%}, upside-down {hit_ud:.1%}",
               required=args.require_lesions)
         if args.require_lesions:
-            check(hit > max(hit_lr, hit_ud), f"{name}: the label lines up better than its flips")
+            check(hit >= max(hit_lr, hit_ud), f"{name}: the label lines up with the lesion at least as well as its flips")
 
     if failures:
         print(f"{len(failures)} check(s) failed")

@@ -7,9 +7,11 @@
 #      randomly initialised models/model.pt (plumbing, not accuracy; GLAM_SMOKE_CKPT=FILE uses a trained one);
 #   3. a folder of synthetic studies (scripts/make_phantoms.py) with their lesion masks as final labels (0/1/2);
 #   4. `monailabel start_server` on 127.0.0.1 with the offline confs (zoo_source ngc, sam2 false);
-#   5. GET /info; POST /infer/glam_bundle_segmentation?image=<id> for a left-breast phantom with a lesion, and the
-#      returned label checked by scripts/monailabel_check_label.py (size, orientation, values; with the threshold
-#      at 0, that the labelled pixels sit on the breast of the original image);
+#   5. GET /info; POST /infer/glam_bundle_segmentation?image=<id> for a left-breast phantom with a lesion and for
+#      its left-right mirror image (a right breast), the returned labels checked by scripts/monailabel_check_label.py:
+#      size (H, W), uint8 values 0/1/2, the two labels exact mirrors of each other (the flip, crop and window undone,
+#      whatever the weights), the planted lesion (required with a trained GLAM_SMOKE_CKPT); and once more with the
+#      displayable threshold at 0: the whole breast labelled;
 #   6. POST /train/glam_bundle_segmentation with max_epochs 1, polled until it ends;
 #   7. the server, and everything it started, stopped by a trap whatever happens.
 # Every step runs even when an earlier one failed (where it can), and a summary lists what failed; exit 1 then.
@@ -86,7 +88,7 @@ if [ "${GLAM_SMOKE_REINSTALL:-0}" = 1 ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$
         || ! "$PY" -c "import monailabel, glam_bundle" 2>/dev/null; then
     T0=$(date +%s)
     log "installing monailabel and the bundle into $VENV (~10 min and ~8 GB the first time)"
-    rm -f "$STAMP"
+    rm -f "$STAMP" "$STAMP.conflict"
     # pip's notes about this machine's extra package folders, and setuptools' deprecation banners, are left out
     quiet_pip() { grep -vE "^WARNING: Location '|^ +(!!|\*{10,}|$)|BuildBackendWarning|license|SPDX|2027-Feb|builds will no|packaging.python.org|corresp\(dist|Editable installation|careful with folders|name as your package|WheelFile\(wheel_path" >&2; }
     "$PY" -m pip install --quiet --upgrade pip 2> >(quiet_pip) || true
@@ -99,6 +101,7 @@ if [ "${GLAM_SMOKE_REINSTALL:-0}" = 1 ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$
         if [ "${GLAM_SMOKE_BUNDLE_NO_DEPS:-0}" = 1 ]; then
             fail "the bundle's dependency ranges conflict with requirements-monailabel.txt (installed with --no-deps)"
             "$PY" -m pip install --quiet --no-deps -e "$REPO" 2> >(quiet_pip) || exit 1
+            grep -E "depends on|requested" "$WORK/pip_bundle.log" > "$STAMP.conflict"
         else
             fail "the bundle's dependency ranges conflict with requirements-monailabel.txt (GLAM_SMOKE_BUNDLE_NO_DEPS=1 goes on without them)"
             exit 1
@@ -108,6 +111,10 @@ if [ "${GLAM_SMOKE_REINSTALL:-0}" = 1 ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$
     log "installed in $(( $(date +%s) - T0 )) s; $(du -sh "$VENV" | cut -f1) in $VENV"
 else
     log "reusing $VENV"
+    if [ -f "$STAMP.conflict" ]; then
+        sed 's/^/   pip (at install): /' "$STAMP.conflict"
+        fail "the bundle's dependency ranges conflict with requirements-monailabel.txt (installed with --no-deps)"
+    fi
 fi
 "$PY" -c "import torch, torchvision, monai, monailabel, pydicom, numpy, jsonschema, glam_bundle, importlib.metadata as m; \
 print('   torch', torch.__version__, '| torchvision', torchvision.__version__, '| monai', monai.__version__, \
@@ -193,7 +200,8 @@ log "$N_IMAGES phantoms at ${H}x${W} -> $STUDIES (labels/final: lesion masks as 
 "$PY" "$REPO/scripts/make_phantoms.py" --out_dir "$PHANTOMS" --n_images "$N_IMAGES" --height "$H" --width "$W" \
     --seed 0 --benign 0.5 --malignant 0.5 --lesion_scale benign=2 malignant=4 --contrast_scale 1.5 \
     --calcification_mask cluster --max_attempts 20 | tail -n 1 || { fail "make_phantoms.py"; exit 1; }
-# writes $WORK/case.env: the case to infer (a left breast with a lesion, so that the flip must be undone)
+# writes $WORK/case.env: the case to infer (a left breast with a lesion, so that the flip must be undone) and its
+# left-right mirror image (a right breast, named so), which reaches the network as the same model-frame image
 "$PY" - "$PHANTOMS" "$STUDIES" "$WORK/case.env" <<'EOF' || { fail "building the studies folder"; exit 1; }
 import json, os, shutil, sys
 import numpy as np
@@ -220,9 +228,14 @@ for it in items:
     cases.append((it.get("laterality") != "L", not masks, name, masks))
 cases.sort()  # left breasts with a lesion first
 _, _, name, masks = cases[0]
+side = {"_L-": "_R-", "_R-": "_L-"}
+mirror = "mirror_" + next((name.replace(a, b) for a, b in side.items() if a in name), name)
+Image.fromarray(np.ascontiguousarray(np.fliplr(np.array(Image.open(os.path.join(studies, name)))))).save(
+    os.path.join(studies, mirror))
 with open(case_env, "w") as f:
     f.write(f"CASE_ID={os.path.splitext(name)[0]}\nCASE_IMAGE={os.path.join(studies, name)}\n")
     f.write(f"CASE_MASKS=\"{' '.join('--mask ' + m for m in masks)}\"\n")
+    f.write(f"MIRROR_ID={os.path.splitext(mirror)[0]}\nMIRROR_IMAGE={os.path.join(studies, mirror)}\n")
 print(f"   {len(items)} studies; inference case {name} ({', '.join(m.split('=')[0] for m in masks) or 'no lesion'})")
 EOF
 # shellcheck disable=SC1091
@@ -284,10 +297,10 @@ source "$WORK/info.env"
 [ "${TRAINER_LISTED:-0}" = 1 ] || fail "/info does not list a trainer for $MODEL"
 
 # ---------------------------------------------------------------------------------------------------- 5. infer
-infer() {  # infer OUT_FILE PARAMS_JSON: POST /infer, the label file into OUT_FILE; 0 on HTTP 200 with a file
-    local out="$1" params="$2" code
+infer() {  # infer IMAGE_ID OUT_FILE PARAMS_JSON: POST /infer, the label file into OUT_FILE; 0 on HTTP 200
+    local id="$1" out="$2" params="$3" code
     code="$(curl -s --max-time 600 -o "$out" -w '%{http_code}' -X POST \
-        "$URL/infer/$MODEL?image=$CASE_ID&output=image" -F "params=$params")"
+        "$URL/infer/$MODEL?image=$id&output=image" -F "params=$params")"
     if [ "$code" != 200 ]; then
         echo "   HTTP $code: $(head -c 600 "$out")"
         sleep 1  # the server logs the traceback after it answers
@@ -297,19 +310,26 @@ infer() {  # infer OUT_FILE PARAMS_JSON: POST /infer, the label file into OUT_FI
     fi
 }
 log "POST /infer/$MODEL?image=$CASE_ID (the label at the bundle's default threshold)"
-if infer "$WORK/label.png" '{"device": "cpu"}'; then
+if infer "$CASE_ID" "$WORK/label.png" '{"device": "cpu"}'; then
     # shellcheck disable=SC2086
     "$PY" "$REPO/scripts/monailabel_check_label.py" --label "$WORK/label.png" --image "$CASE_IMAGE" $CASE_MASKS \
         ${GLAM_SMOKE_CKPT:+--require_lesions} || fail "the returned label (default threshold) fails its checks"
+    log "POST /infer/$MODEL?image=$MIRROR_ID (its left-right mirror image)"
+    if infer "$MIRROR_ID" "$WORK/label_mirror.png" '{"device": "cpu"}'; then
+        "$PY" "$REPO/scripts/monailabel_check_label.py" --label "$WORK/label_mirror.png" --image "$MIRROR_IMAGE" \
+            --mirror_of "$WORK/label.png" || fail "the label of the mirror image is not the mirror of the label"
+    else
+        fail "POST /infer/$MODEL?image=$MIRROR_ID"
+    fi
 else
     fail "POST /infer/$MODEL"
 fi
 if [ -n "${THRESHOLD_KEY:-}" ]; then
-    log "POST /infer/$MODEL?image=$CASE_ID with $THRESHOLD_KEY 0: every pixel the model saw gets a class"
-    if infer "$WORK/label_all.png" "{\"device\": \"cpu\", \"$THRESHOLD_KEY\": 0.0}"; then
+    log "POST /infer/$MODEL?image=$CASE_ID with $THRESHOLD_KEY 0: every pixel with a saliency gets a class"
+    if infer "$CASE_ID" "$WORK/label_all.png" "{\"device\": \"cpu\", \"$THRESHOLD_KEY\": 0.0}"; then
         # shellcheck disable=SC2086
         "$PY" "$REPO/scripts/monailabel_check_label.py" --label "$WORK/label_all.png" --image "$CASE_IMAGE" \
-            --all_breast || fail "the returned label (threshold 0) does not sit on the breast of the original image"
+            --all_breast || fail "the returned label (threshold 0) does not cover the breast of the original image"
     else
         fail "POST /infer/$MODEL with $THRESHOLD_KEY 0"
     fi
