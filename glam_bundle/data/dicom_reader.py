@@ -9,7 +9,10 @@ from monai.data import PydicomReader
 from monai.config import PathLike
 from monai.utils import ensure_tuple
 from pydicom import dcmread
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
+try:
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+except ImportError:  # pydicom 2.x (what MONAI Label's stack needs): the same functions lived here
+    from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
 
 from glam_bundle.constants import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 from glam_bundle.data.errors import BadInputError
