@@ -276,3 +276,20 @@ def test_torchscript_fallback_gives_the_same_label(tmp_path):
             parse("inference.json", **SIZE, **threshold), image_path, lambda d: scripted(d["image"][None].as_tensor())[0]
         )
     assert from_ts.shape == RAW and (from_ts != from_eager).mean() < 1e-3
+
+
+def test_label_stays_in_the_breast_with_the_breast_mask_option(tmp_path):
+    """MONAI Label runs the network on the image alone (no ``breast_mask`` argument); with
+    ``mask_saliency_to_breast`` the post-processing zeroes the map outside the breast before the threshold, as
+    the bundle's own masked maps are."""
+    image_path, _, _ = planted_lesion(tmp_path, "R", "CC", seed=7)
+    raw = np.asarray(Image.open(image_path))
+    ones = lambda d: {"saliency": torch.ones(2, *SIZE["image_size"])}  # noqa: E731
+    labelled = {}
+    for masked in (False, True):
+        parser = parse("inference.json", **SIZE, mask_saliency_to_breast=masked,
+                       **{"displayable_configs#threshold": 0.5})
+        _, written = run_as_monailabel(parser, image_path, ones)
+        labelled[masked] = written > 0
+    assert (raw[labelled[False]] == 0).mean() > 0.05  # unmasked: the window's background is labelled too
+    assert (raw[labelled[True]] == 0).mean() < 0.01 and labelled[True].sum() > 0.8 * (labelled[False] & (raw > 0)).sum()

@@ -417,7 +417,10 @@ def save_dicom_atomic(
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     ds.PixelData = np.ascontiguousarray(image, dtype=np.uint16).tobytes()
     with atomic_output(path) as tmp:
-        ds.save_as(tmp, enforce_file_format=True)
+        try:
+            ds.save_as(tmp, enforce_file_format=True)
+        except TypeError:  # pydicom 2.x (MONAI Label's stack) spells it write_like_original=False
+            ds.save_as(tmp, write_like_original=False)
     return Path(path)
 
 

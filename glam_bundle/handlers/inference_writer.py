@@ -283,7 +283,7 @@ class GLAMInferenceWriter:
             with atomic_output(self.output_dir / saliency_file) as tmp:
                 nib.save(nib.Nifti1Image(saliency.astype(np.float32), np.eye(4)), tmp)
         if self.label_transform is not None:
-            self._write_label(stem, pred["saliency"][i], batch["image"], i)
+            self._write_label(stem, pred["saliency"][i], batch, i)
         if self.write_figures:
             mask = None
             if "mask" in batch and "has_mask" in batch and bool(batch["has_mask"][i].any()):
@@ -307,10 +307,14 @@ class GLAMInferenceWriter:
             **{key: _case_value(batch, key, i, size) for key in META_COLUMNS},
         })
 
-    def _write_label(self, stem: str, saliency: torch.Tensor, images: torch.Tensor, i: int) -> None:
+    def _write_label(self, stem: str, saliency: torch.Tensor, batch: Mapping, i: int) -> None:
         """``<stem>_label.png``: case ``i``'s S_c (2, H, W) as a label map on its input image's pixels."""
+        images = batch["image"]
         image = decollate_batch(images, detach=True)[i] if isinstance(images, MetaTensor) and images.is_batch else images[i]
-        item = self.label_transform({"pred": MetaTensor(saliency.detach().float().cpu()), "image": image})
+        item = {"pred": MetaTensor(saliency.detach().float().cpu()), "image": image}
+        if "breast_mask" in batch:  # kept by the chain with mask_saliency_to_breast
+            item["breast_mask"] = batch["breast_mask"][i].detach().cpu()
+        item = self.label_transform(item)
         label = np.asarray(item["pred"])
         save_png_atomic(label[0].astype(np.uint8), self.output_dir / f"{stem}_label.png")
 
