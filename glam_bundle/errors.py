@@ -25,6 +25,7 @@ import atexit
 import errno
 import logging
 import os
+import pickle
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -188,6 +189,37 @@ def _undefined_reference_message(match: re.Match) -> str:
             f"group of settings?); give a value of the config's own form{hint}")
 
 
+def _out_of_memory_message(match: re.Match) -> str:
+    size = match.groupdict().get("bytes")
+    if size:
+        detail = f"an allocation of {int(size) / 1e9:.1f} GB failed"
+    else:
+        detail = one_line(match.string)[:160] or "an allocation failed"
+    return (f"out of memory ({detail}); lower what the run holds at once: --batch_size (training; inference takes one "
+            "image at a time), --num_workers, or the frame with --image_size and --crop_size (e.g. the 368x240 of "
+            "configs/presets/demo.json), or run on a machine with more memory")
+
+
+def _refused_checkpoint_message(match: re.Match) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", match.string)  # torch bolds part of its advice
+    named = re.search(r"GLOBAL\s+([\w.]+)", text)
+    if named:
+        what = f"its pickle asks for {named.group(1)}, which could run code"
+    else:
+        detail = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(?:Please use|Check the documentation|$)", text, re.S)
+        reason = one_line(detail.group(1)).rstrip(".") if detail and detail.group(1).strip() else "no reason given"
+        what = (f"torch's weights-only unpickler rejects it ({reason[:120]}): a corrupt file, or a pickle that asks "
+                "for more than tensors")
+    return (f"--ckpt_path: refused to load the checkpoint: {what}; only plain tensors are loaded (weights_only). "
+            "Use a checkpoint from a source you trust (the bundle's own models/*.pt, or the authors' weights "
+            "converted with scripts/import_original_checkpoint.py)")
+
+
+def _corrupt_checkpoint_message(match: re.Match) -> str:
+    return (f"--ckpt_path: the checkpoint is truncated or corrupt ({one_line(match.string)[:160]}); give a complete "
+            "file (copy or download it again, or the models/*.pt of a finished training stage)")
+
+
 # Third-party errors whose cause is a setting: (exception type, pattern of its message, one-line message).
 KNOWN_ERRORS: tuple[tuple[type[BaseException], re.Pattern, Callable[[re.Match], str]], ...] = (
     (ValueError, re.compile(r"Argument max_epochs is invalid"), _max_epochs_message),
@@ -196,6 +228,20 @@ KNOWN_ERRORS: tuple[tuple[type[BaseException], re.Pattern, Callable[[re.Match], 
     (ValueError, re.compile(r"the referring item `@(?P<key>[\w.]+)::(?P<sub>[\w:.]+)` is not defined in the config"),
      _undefined_reference_message),
     (RuntimeError, re.compile(r"Error\(s\) in loading state_dict for (?P<network>\w+)"), _state_dict_message),
+    # PyTorch's CPU allocator ("DefaultCPUAllocator: not enough memory: you tried to allocate N bytes", "can't
+    # allocate memory"), CUDA ("CUDA out of memory. Tried to allocate ..."; torch.OutOfMemoryError is a
+    # RuntimeError) and Python's / numpy's MemoryError ("Unable to allocate 5.4 GiB for an array ...").
+    (RuntimeError, re.compile(r"DefaultCPUAllocator: (?:not enough memory|can't allocate memory)"
+                              r"(?:: you tried to allocate (?P<bytes>\d+) bytes)?|out of memory"), _out_of_memory_message),
+    (MemoryError, re.compile(r".*", re.S), _out_of_memory_message),
+    # torch.load(weights_only=True) refusing a pickle (MONAI's CheckpointLoader: inference and evaluation's
+    # --ckpt_path), and reading a truncated or corrupt checkpoint file.
+    (pickle.UnpicklingError, re.compile(r"^Weights only load failed"), _refused_checkpoint_message),
+    (RuntimeError, re.compile(r"PytorchStreamReader failed|failed finding central directory"),
+     _corrupt_checkpoint_message),
+    (EOFError, re.compile(r"^(?:Ran out of input)?$"), lambda match: (
+        "--ckpt_path: the checkpoint (or another file the run reads with pickle) is empty or truncated (EOFError); "
+        "give a complete file")),
 )
 
 
