@@ -255,8 +255,30 @@ class _DiskCache(PersistentDataset):
     def _hashfile(self, item: Any) -> Path:
         return self.cache_dir / f"{self.hash_func(item).decode('utf-8')}{self.transform_hash}.pt"
 
+    _UNREADABLE = object()
+
+    def _read_entry(self, hashfile: Path) -> Any:
+        """The cached item in ``hashfile``; an entry ``torch.load`` cannot read (truncated by a crash or a full
+        disk, garbage, a pickle that ``weights_only`` refuses) is deleted with a warning and ``_UNREADABLE`` returned,
+        so that it is rebuilt. (MONAI itself rebuilds only an entry with a bad magic number or an unpickling error
+        and fails on the rest, e.g. a truncated zip.)"""
+        try:
+            return torch.load(hashfile, weights_only=self.weights_only)
+        except PermissionError:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- whatever makes the entry unreadable, it is rebuilt
+            text = str(exc).strip()
+            logger.warning("cache (disk): %s: unreadable entry, rebuilt (%s%s)", hashfile, type(exc).__name__,
+                           f": {text.splitlines()[0][:200]}" if text else "")
+            hashfile.unlink(missing_ok=True)
+            return self._UNREADABLE
+
     def _cachecheck(self, item_transformed):
         hashfile = self._hashfile(item_transformed)
+        if hashfile.is_file():
+            entry = self._read_entry(hashfile)
+            if entry is not self._UNREADABLE:
+                return entry
         if self._disk_full and not hashfile.is_file():
             return self._pre_transform(deepcopy(item_transformed))
         new = not hashfile.is_file()
