@@ -247,14 +247,16 @@ def test_bundle_writer_uses_the_same_inverse(tmp_path):
     assert (raw[window] > 0).mean() > 0.5  # the window sits on the breast
 
 
-def test_torchscript_fallback_gives_the_same_label(tmp_path):
+@pytest.mark.parametrize("masked", [False, True], ids=["paper", "mask_saliency_to_breast"])
+def test_torchscript_fallback_gives_the_same_label(tmp_path, masked):
     """Without ``models/model.pt`` MONAI Label runs ``models/model.ts`` and keeps ``outputs[0]``: exported from
     ``saliency_network_def`` (S_c only, docs/export.md) it goes through the same post-processing to the same label
-    as the eager network."""
+    as the eager network; with ``mask_saliency_to_breast`` the traced file derives the breast mask itself."""
     from monai.bundle import ckpt_export
 
     small = {"network_def#global_channels": [4, 8, 8, 8, 8], "network_def#global_blocks_per_stage": 1,
-             "network_def#local_layers": [1, 1, 1, 1], "network_def#local_channels": [8, 8, 8, 16]}
+             "network_def#local_layers": [1, 1, 1, 1], "network_def#local_channels": [8, 8, 8, 16],
+             "mask_saliency_to_breast": masked}
     parser = parse("inference.json", **SIZE, device="cpu", **small)
     torch.manual_seed(0)
     network = parser.get_parsed_content("network_def", instantiate=True).eval()
@@ -266,11 +268,12 @@ def test_torchscript_fallback_gives_the_same_label(tmp_path):
     )
     scripted = torch.jit.load(str(tmp_path / "model.ts"))
     image_path, _, _ = planted_lesion(tmp_path, "R", "MLO", seed=6)
-    threshold = {"displayable_configs#threshold": 0.3}
+    threshold = {"displayable_configs#threshold": 0.3, "mask_saliency_to_breast": masked}
     with torch.no_grad():
-        _, from_eager = run_as_monailabel(
+        _, from_eager = run_as_monailabel(  # as the bundle's own inference runs it: with the chain's breast mask
             parse("inference.json", **SIZE, **threshold), image_path,
-            lambda d: {key: value[0] for key, value in network(d["image"][None]).items()},
+            lambda d: {key: value[0] for key, value in
+                       network(d["image"][None], breast_mask=d["breast_mask"][None] if masked else None).items()},
         )
         _, from_ts = run_as_monailabel(
             parse("inference.json", **SIZE, **threshold), image_path, lambda d: scripted(d["image"][None].as_tensor())[0]
@@ -293,3 +296,23 @@ def test_label_stays_in_the_breast_with_the_breast_mask_option(tmp_path):
         labelled[masked] = written > 0
     assert (raw[labelled[False]] == 0).mean() > 0.05  # unmasked: the window's background is labelled too
     assert (raw[labelled[True]] == 0).mean() < 0.01 and labelled[True].sum() > 0.8 * (labelled[False] & (raw > 0)).sum()
+
+
+def test_network_derives_the_breast_mask_when_given_only_the_image(tmp_path):
+    """Weights trained with ``mask_saliency_to_breast`` see the breast mask in the bundle's own workflows; MONAI Label
+    (and the exported files) pass only the image, and the network then derives the mask from it: same outputs."""
+    image_path, _, _ = planted_lesion(tmp_path, "L", "MLO", seed=8)
+    parser = parse("inference.json", **SIZE, device="cpu", mask_saliency_to_breast=True,
+                   **{"network_def#global_channels": [4, 8, 8, 8, 8], "network_def#global_blocks_per_stage": 1,
+                      "network_def#local_layers": [1, 1, 1, 1], "network_def#local_channels": [8, 8, 8, 16]})
+    torch.manual_seed(0)
+    network = parser.get_parsed_content("network_def", instantiate=True).eval()
+    data = parser.get_parsed_content("preprocessing", instantiate=True)({"image": str(image_path)})
+    with torch.no_grad():
+        given = network(data["image"][None], breast_mask=data["breast_mask"][None])
+        derived = network(data["image"][None])
+        network.breast_mask_from_image = False
+        unmasked = network(data["image"][None])
+    assert torch.equal(given["saliency_global"], derived["saliency_global"])
+    assert torch.equal(given["patch_locations"], derived["patch_locations"])
+    assert not torch.equal(given["saliency_global"], unmasked["saliency_global"])

@@ -168,6 +168,19 @@ def check_levels(levels: Sequence[int]) -> tuple[int, ...]:
     return levels
 
 
+def breast_mask_from_image(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) preprocessed images -> (N, 1, H, W) float breast mask: the pixels above each image's minimum.
+
+    The preprocessing sets everything outside the breast (background, cleared artefacts, the window's zero
+    padding) to one value, the image's minimum after standardisation, so the breast is what lies above it (by
+    more than 0.1 % of the image's range). For callers that can pass only the image (MONAI Label, the exported
+    files); the chain's own ``breast_mask`` is the same region up to the breast mask's border rule."""
+    plane = x[:, :1].to(torch.float32)
+    low = plane.amin(dim=(-2, -1), keepdim=True)
+    high = plane.amax(dim=(-2, -1), keepdim=True)
+    return (plane > low + 1e-3 * (high - low).clamp_min(1e-12)).to(torch.float32)
+
+
 def breast_cells(breast_mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """(N, 1, H, W) breast mask -> (N, 1, *size) float: 1 on the cells of a ``size`` grid over the image that hold
     at least one breast pixel (the cells of the saliency maps), else 0."""
