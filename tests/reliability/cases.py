@@ -14,11 +14,9 @@ import json
 import os
 import pickle
 import shutil
-import signal
 import struct
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,9 +32,9 @@ from tests.reliability.test_reader_limits import HOSTILE as BOMB_WRITERS
 from tests.reliability.test_reader_limits import _png_chunk
 
 __all__ = [
-    "TINY", "IMAGE_CASES", "ImageCase", "make_phantoms", "build_image_cases", "tiny_args", "run_bundle",
-    "variant_image_cases", "read_csv", "check_inference", "write_hostile", "CreatesMarker", "BOMB_WRITERS", "DATALIST_CASES",
-    "hostile_exam_list", "load_every_pt", "temporary_leftovers",
+    "TINY", "TINY_TRAINING", "IMAGE_CASES", "ImageCase", "variant_image_cases", "make_phantoms", "build_image_cases",
+    "tiny_args", "run_bundle", "inference_args", "one_line_error", "read_csv", "check_inference", "write_hostile",
+    "CreatesMarker", "BOMB_WRITERS", "DATALIST_CASES", "hostile_exam_list", "load_every_pt", "temporary_leftovers",
 ]
 
 INFERENCE_CONFIG = "configs/inference.json"
@@ -222,10 +220,6 @@ def _unreadable(path: Path, good: Path) -> None:
     os.chmod(path, 0)
 
 
-def _outside_root_non_image(path: Path, good: Path) -> None:
-    pass  # the datalist names /etc/passwd-like file outside the data root: see ImageCase.datalist_path
-
-
 @dataclass
 class ImageCase:
     """One hostile (or awkward but valid) input image.
@@ -278,7 +272,7 @@ IMAGE_CASES: list[ImageCase] = [
               phrase="Permission denied"),
     ImageCase("missing file / folder as image", "missing.png", lambda path, good: None, phrase="file not found"),
     ImageCase("missing file / folder as image", "folder.png", _directory, phrase="is a directory"),
-    ImageCase("datalist path outside the data root", "outside", _outside_root_non_image,
+    ImageCase("datalist path outside the data root", "outside", lambda path, good: None,
               datalist_path="../outside_root/notes"),
 ]
 
@@ -347,16 +341,12 @@ def build_image_cases(folder: Path, good_image: Path, cases: Sequence[ImageCase]
 
 
 # --------------------------------------------------------------------------------------------------- running
-def run_bundle(args: Sequence[str], env: dict | None = None, timeout: float = 600,
-               background: bool = False) -> subprocess.CompletedProcess | subprocess.Popen:
+def run_bundle(args: Sequence[str], env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """``python -m monai.bundle <args>`` from the repository root, through :mod:`.bundle_driver` (faults from
     ``env``: ``GLAM_FAULT_*``), one thread."""
     command = [sys.executable, "-m", "tests.reliability.bundle_driver", *args]
     full_env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(env or {}))
     full_env.pop("GLAM_DEBUG", None)
-    if background:
-        return subprocess.Popen(command, cwd=REPO_ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, start_new_session=True)
     return subprocess.run(command, cwd=REPO_ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -369,27 +359,6 @@ def inference_args(output_dir: Path, dataset_dir: Path | None = None, datalist: 
     else:
         args += ["--dataset_dir", str(dataset_dir)]
     return args + tiny_args({**TINY, **(extra or {})})
-
-
-def kill_group(process: subprocess.Popen) -> None:
-    """SIGKILL the run (its own process group: also a data-loader worker, if any)."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.communicate()
-
-
-def wait_for(predicate: Callable[[], bool], process: subprocess.Popen | None = None, timeout: float = 120,
-             poll: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        if process is not None and process.poll() is not None:
-            return predicate()
-        time.sleep(poll)
-    return False
 
 
 # ----------------------------------------------------------------------------------------------- checking

@@ -62,6 +62,7 @@ def _fork_run(args: list[str], log: Path, slow_save: float | None = None, slow_m
     log.write_text("")  # there before the child writes to it
     pid = os.fork()
     if pid:
+        _CHILDREN.append(pid)
         return pid
     code = 1
     try:  # the child: the command, its output in the log
@@ -89,6 +90,7 @@ def _fork_run(args: list[str], log: Path, slow_save: float | None = None, slow_m
 
 
 _REAPED: dict[int, int] = {}
+_CHILDREN: list[int] = []
 
 
 def _decode(status: int) -> int:
@@ -138,6 +140,17 @@ def _unreadable_checkpoints(folders: list[Path]) -> list[str]:
             except Exception:  # noqa: BLE001 -- any error: unreadable
                 bad.append(path.name)
     return bad
+
+
+def _kill_children() -> None:
+    """SIGKILL every forked attempt still running (the harness failing must not leave one hanging)."""
+    for pid in list(_CHILDREN):
+        if pid not in _REAPED:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                _wait(pid)
+            except (ProcessLookupError, ChildProcessError):
+                pass
 
 
 def main() -> int:
@@ -242,4 +255,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    finally:
+        _kill_children()
