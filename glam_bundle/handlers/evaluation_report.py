@@ -24,6 +24,7 @@ from matplotlib.figure import Figure  # noqa: E402
 import numpy as np  # noqa: E402
 from ignite.engine import Engine, Events  # noqa: E402
 
+from glam_bundle import distributed  # noqa: E402
 from glam_bundle.atomic_io import atomic_output  # noqa: E402
 from glam_bundle.constants import CLASS_NAMES  # noqa: E402
 from glam_bundle.figure_style import (  # noqa: E402
@@ -78,6 +79,10 @@ class EvaluationReport:
       title. With fewer than ``min_positive_images`` images with a lesion mask of the class (or no lesion
       pixel) no curve is drawn and the plot says why; with fewer than ``few_positive_images`` the curves are
       drawn with a note that they rest on few lesions.
+
+    Under ``torchrun`` (``configs/multi_gpu_evaluate.json``) every rank evaluates its share of the images; the
+    metrics are already over all images (their buffers are gathered across ranks when aggregated), the image and
+    label counts and the failures of every rank are gathered here, and rank 0 writes the files.
 
     Args:
         output_dir: folder of the report (created if needed).
@@ -144,6 +149,7 @@ class EvaluationReport:
         self.num_images = 0
         # Per class: images labelled positive (1), negative (0) and unknown (-1).
         self.label_counts = {name: {"positive": 0, "negative": 0, "unknown": 0} for name in self.class_names}
+        self._failures: list[Any] | None = None  # every rank's failures, gathered under torchrun
 
     def started(self, engine: Engine) -> None:
         self._reset_counts()
@@ -190,7 +196,7 @@ class EvaluationReport:
         auc_values = self.auc.summary if self.auc is not None else {}
         failures = [
             {str(k): v if isinstance(v, (str, int, float, bool, type(None))) else str(v) for k, v in f.items()}
-            for f in getattr(engine.state, "failures", [])
+            for f in (self._failures if self._failures is not None else getattr(engine.state, "failures", []))
         ]
         return {
             "checkpoint": self.checkpoint_path,
@@ -317,8 +323,24 @@ class EvaluationReport:
             figure.savefig(tmp, format="png")
         return Path(path)
 
+    def gather_ranks(self, engine: Engine) -> None:
+        """Under torchrun: the image and label counts become the sums over every rank and the failures those of
+        every rank, in rank order (a collective: every rank calls it). Nothing in a single process."""
+        if not distributed.is_distributed():
+            return
+        failures = [{str(k): v if isinstance(v, (str, int, float, bool, type(None))) else str(v) for k, v in f.items()}
+                    for f in getattr(engine.state, "failures", [])]
+        parts = distributed.all_gather_objects((self.num_images, self.label_counts, failures))
+        self.num_images = sum(part[0] for part in parts)
+        self.label_counts = {name: {key: sum(part[1][name][key] for part in parts) for key in counts}
+                             for name, counts in self.label_counts.items()}
+        self._failures = [failure for part in parts for failure in part[2]]
+
     def completed(self, engine: Engine) -> None:
-        """Write metrics.json, table.md and the PR-curve PNGs."""
+        """Write metrics.json, table.md and the PR-curve PNGs (under torchrun: rank 0, over every rank's images)."""
+        self.gather_ranks(engine)
+        if distributed.get_rank() != 0:
+            return
         summary = self.summary(engine)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         for class_name in self.table_classes:

@@ -15,10 +15,11 @@ import torch
 from ignite.engine import Engine, Events
 from monai.data import MetaTensor, decollate_batch
 
-from glam_bundle.atomic_io import atomic_output, save_png_atomic
+from glam_bundle import distributed
+from glam_bundle.atomic_io import atomic_output, save_png_atomic, write_csv
 from glam_bundle.data.failures import write_failures_csv
 from glam_bundle.data.folder import OUTPUT_NAME_KEY, image_stem
-from glam_bundle.errors import AllCasesFailedError
+from glam_bundle.errors import AllCasesFailedError, is_disk_full
 from glam_bundle.visualize import save_glam_figure
 
 __all__ = ["PREDICTION_COLUMNS", "META_COLUMNS", "GLAMInferenceWriter"]
@@ -121,15 +122,34 @@ def _read_partial_rows(partial: Path, output_dir: Path) -> list[dict[str, str]]:
     return rows
 
 
+def _dataset_items(engine: Engine) -> tuple[Any, Any]:
+    """(data loader, the innermost dataset holding a ``data`` list) of the engine; the dataset is None without one.
+    The items are the ``data`` list of the dataset, found through wrappers' ``dataset`` attributes
+    (``SkipBadCases`` around MONAI's ``Dataset``)."""
+    loader = getattr(engine.state, "dataloader", None) or getattr(engine, "data_loader", None)
+    dataset = getattr(loader, "dataset", None)
+    while dataset is not None and not isinstance(getattr(dataset, "data", None), list):
+        dataset = getattr(dataset, "dataset", None)
+    return loader, dataset
+
+
+def _in_dataset_order(engine: Engine, records: list[dict[str, str]]) -> list[dict[str, str]]:
+    """``records`` (dicts with an ``"image"``) sorted by their image's position in the engine's dataset, as a
+    single process writes them; records of images not found keep their order at the end."""
+    _, dataset = _dataset_items(engine)
+    positions: dict[str, int] = {}
+    for index, item in enumerate(dataset.data if dataset is not None else []):
+        if isinstance(item, Mapping):
+            positions.setdefault(_same_path(item.get("image", "")), index)
+    return sorted(records, key=lambda record: positions.get(_same_path(record.get("image", "")), len(positions)))
+
+
 def _skip_done_items(engine: Engine, done: set[str]) -> int | None:
     """Drop from the engine's dataset the items whose ``"image"`` is in ``done`` (normalised paths) and shorten
     the epoch to match (called at ``STARTED``, before the data loader's iterator is made). The items are the
     ``data`` list of the dataset, found through wrappers' ``dataset`` attributes (``SkipBadCases`` around MONAI's
     ``Dataset``). Returns how many items remain, or None when there is no such list."""
-    loader = getattr(engine.state, "dataloader", None) or getattr(engine, "data_loader", None)
-    dataset = getattr(loader, "dataset", None)
-    while dataset is not None and not isinstance(getattr(dataset, "data", None), list):
-        dataset = getattr(dataset, "dataset", None)
+    loader, dataset = _dataset_items(engine)
     if dataset is None or not hasattr(loader, "__len__"):
         return None
     dataset.data = [item for item in dataset.data
@@ -158,6 +178,13 @@ class GLAMInferenceWriter:
     killed run keeps every finished prediction. At the end of the run, :meth:`log_summary` (the config's last run
     step) logs how many images failed and where they are listed; when every image failed the handler raises
     :class:`glam_bundle.errors.AllCasesFailedError` (one line ``error: all N images failed ...``, exit status 2).
+
+    Under ``torchrun`` (``configs/multi_gpu_inference.json``: each rank gets its share of the images from a
+    ``DistributedSampler``) every rank writes its images' files and its rows to ``predictions.rank<k>.csv.partial``;
+    at the end each part becomes ``predictions.rank<k>.csv`` (atomically), rank 0 gathers the rows and failures of
+    every rank and writes the one ``predictions.csv`` and ``failures.csv`` in dataset order, and the parts are
+    removed. A killed run is not resumed under torchrun (its parts are left, the next run processes every image);
+    the error for all images failing counts the images of all ranks.
 
     Expects the engine's ``state.output`` to hold "pred" (the network's dict, batched) and "label"
     (N, 2) with -1 for unknown, and ``state.batch`` to hold "image" (a MetaTensor with filenames) and,
@@ -205,6 +232,8 @@ class GLAMInferenceWriter:
 
     @property
     def _partial_path(self) -> Path:
+        if distributed.is_distributed():
+            return self.output_dir / f"predictions.rank{distributed.get_rank()}.csv.partial"
         return self.output_dir / "predictions.csv.partial"
 
     def reset(self, engine: Engine) -> None:
@@ -212,7 +241,13 @@ class GLAMInferenceWriter:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if self._partial is not None:
             self._partial.close()
-        done = _read_partial_rows(self._partial_path, self.output_dir)  # a killed run's finished images
+        if distributed.is_distributed():  # no resume under torchrun (see the class docstring)
+            done = []
+            if self._partial_path.exists() or (self.output_dir / "predictions.csv.partial").exists():
+                logger.warning("inference: a killed run's partial predictions in %s are not resumed under torchrun; "
+                               "every image is processed again", self.output_dir)
+        else:
+            done = _read_partial_rows(self._partial_path, self.output_dir)  # a killed run's finished images
         self._partial = open(self._partial_path, "w", newline="", encoding="utf-8")
         self._writer = csv.DictWriter(self._partial, fieldnames=list(PREDICTION_COLUMNS))
         self._writer.writeheader()
@@ -266,6 +301,8 @@ class GLAMInferenceWriter:
             try:
                 self._write_case(i, path, pred, batch, predictions[i], labels[i])
             except Exception as error:  # keep the batch job going; report the case
+                if is_disk_full(error):  # every later case would fail the same way: stop with the disk's message
+                    raise
                 logger.exception("could not write outputs for %s", path)
                 self.write_failures.append({"image": path, "error": f"writing outputs failed: {error}"})
         self._partial.flush()
@@ -320,15 +357,40 @@ class GLAMInferenceWriter:
 
     def write_failures_file(self, engine: Engine) -> None:
         failures = [*getattr(engine.state, "failures", []), *self.write_failures]
-        write_failures_csv(failures, self.output_dir / "failures.csv")
         self._partial.close()
         self._partial = None
-        os.replace(self._partial_path, self.output_dir / "predictions.csv")
+        if distributed.is_distributed():
+            failures = self._merge_ranks(engine, failures)
+        else:
+            write_failures_csv(failures, self.output_dir / "failures.csv")
+            os.replace(self._partial_path, self.output_dir / "predictions.csv")
         self.num_failed = len(failures)
-        logger.info("inference: %d images written, %d failures, outputs in %s", self.num_written, len(failures),
-                    self.output_dir)
+        logger.log(logging.INFO if distributed.get_rank() == 0 else logging.DEBUG,
+                   "inference: %d images written, %d failures, outputs in %s", self.num_written, len(failures),
+                   self.output_dir)
         if failures and not self.num_written:
             raise AllCasesFailedError(len(failures), self.output_dir / "failures.csv", failures[0])
+
+    def _merge_ranks(self, engine: Engine, failures: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Under torchrun: this rank's part becomes ``predictions.rank<k>.csv`` (atomically), the rows and failures
+        of every rank are gathered, and rank 0 writes them, in dataset order, to ``predictions.csv`` and
+        ``failures.csv`` (atomically); then every rank removes its part. Sets ``num_written`` to the rows of all
+        ranks and returns the failures of all ranks (a collective: every rank calls it)."""
+        part = self.output_dir / f"predictions.rank{distributed.get_rank()}.csv"
+        os.replace(self._partial_path, part)
+        with open(part, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        failures = [{"image": str(f.get("image", "")), "error": str(f.get("error", ""))} for f in failures]
+        gathered = distributed.all_gather_objects((rows, failures))
+        rows = [row for part_rows, _ in gathered for row in part_rows]
+        failures = [failure for _, part_failures in gathered for failure in part_failures]
+        if distributed.get_rank() == 0:
+            write_csv(self.output_dir / "predictions.csv", PREDICTION_COLUMNS, _in_dataset_order(engine, rows))
+            write_failures_csv(_in_dataset_order(engine, failures), self.output_dir / "failures.csv")
+        distributed.barrier()  # the merged files exist before any part goes
+        part.unlink(missing_ok=True)
+        self.num_written = len(rows)
+        return failures
 
     def summary(self) -> str:
         """One line on the finished run: how many images were written and, when some failed, how many and where
@@ -342,6 +404,8 @@ class GLAMInferenceWriter:
         """Log :meth:`summary` (a warning when some images failed); configs call it as the run's last step, after
         the engine's own closing lines, so that it is the run's last line. Returns the line."""
         line = self.summary()
+        if distributed.get_rank() != 0:  # every rank has the totals of the run; rank 0 says it once
+            return line
         logger.log(logging.WARNING if self.num_failed else logging.INFO, line)
         return line
 
