@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import csv
+import glob
 import os
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-__all__ = ["atomic_output", "write_csv", "write_text_atomic", "save_png_atomic"]
+__all__ = ["atomic_output", "remove_stale_temporaries", "write_csv", "write_text_atomic", "save_png_atomic"]
 
 
 @contextmanager
@@ -41,6 +42,20 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_output` left next to ``path`` when its process was killed
+    mid-write (``.<stem>.<random><suffix>``; never read, only in the way). Call it where one process owns
+    ``path``, before writing it again. Returns the files removed."""
+    path = Path(path)
+    suffix = "".join(path.suffixes) or ".tmp"
+    removed = []
+    for stale in path.parent.glob(f".{glob.escape(path.stem)}.*{glob.escape(suffix)}"):
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
+            removed.append(stale)
+    return removed
 
 
 def write_csv(path: str | Path, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> Path:

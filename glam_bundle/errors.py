@@ -282,8 +282,15 @@ def _exit_with(line: str, code: int) -> None:
         except Exception:  # a closed stream
             pass
         try:
-            sys.stderr.write(line + "\n")
             sys.stderr.flush()
+        except Exception:
+            pass
+        try:
+            # one write(2) call: a background thread still printing (TensorBoard's writer on a full disk) cannot
+            # interleave with or swallow the line, as it could with sys.stderr's buffered writes
+            os.write(2, (line + "\n").encode("utf-8", "replace"))
+        except OSError:
+            pass
         finally:
             os._exit(code)
 

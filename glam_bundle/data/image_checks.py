@@ -45,6 +45,11 @@ def missing_meta(value: Any) -> Any:
 def check_file(path: str) -> None:
     """Raise BadInputError for a path that is not a readable file."""
     if not os.path.exists(path):
+        if os.path.islink(path):  # exists() follows links: a loop or a missing target lands here
+            try:
+                os.stat(path)
+            except OSError as error:
+                raise BadInputError(path, f"a symbolic link that leads to no file ({error.strerror})") from None
         raise BadInputError(path, "file not found")
     if os.path.isdir(path):
         raise BadInputError(path, "is a directory; expected an image file")

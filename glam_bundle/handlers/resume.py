@@ -42,7 +42,7 @@ import torch.distributed as dist
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
-from glam_bundle.atomic_io import atomic_output
+from glam_bundle.atomic_io import atomic_output, remove_stale_temporaries
 
 __all__ = ["ResumeCheckpoint", "ResumeError"]
 
@@ -292,6 +292,8 @@ class ResumeCheckpoint:
 
     def started(self, engine: Engine) -> None:
         self._move_savers_last(engine)
+        if _is_main_process():
+            remove_stale_temporaries(self.path)  # of a write that a kill interrupted
         if not self.path.exists():
             return
         if not self.resume:

@@ -267,7 +267,7 @@ IMAGE_CASES: list[ImageCase] = [
       for suffix in (".png", ".dcm", ".nii.gz", ".jpg")],
     ImageCase("path with spaces / non-ASCII name", "name with spaces.png", _copy_good, expect="ok"),
     ImageCase("path with spaces / non-ASCII name", "ünïcødé 乳房 ✓.png", _copy_good, expect="ok"),
-    ImageCase("symlink loop", "loop_a.png", _symlink_loop),
+    ImageCase("symlink loop", "loop_a.png", _symlink_loop, phrase="symbolic link that leads to no file"),
     ImageCase("unreadable permissions (simulated: root reads mode 000)", f"{UNREADABLE_MARK}.png", _unreadable,
               phrase="Permission denied"),
     ImageCase("missing file / folder as image", "missing.png", lambda path, good: None, phrase="file not found"),
