@@ -448,35 +448,14 @@ def resources(work: Path) -> None:
     # corrupt cache entries (in process: the dataset the training configs build)
     import logging
 
-    import numpy as np
     import torch
-    from monai.transforms import Compose, EnsureTyped, LoadImaged
-    from PIL import Image
-
-    from glam_bundle.data.cache import make_cached_dataset
-    from glam_bundle.data.readers import MammogramReader
 
     logging.getLogger("glam_bundle.data.cache").setLevel(logging.ERROR)
     folder = work / "cache_case"
-    folder.mkdir()
-    image = folder / "a.png"
-    Image.fromarray(((np.arange(100 * 80).reshape(100, 80) * 7) % 4000 + 50).astype(np.uint16)).save(image)
-    transform = Compose([LoadImaged(keys="image", reader=MammogramReader(min_size=0)), EnsureTyped(keys="image")])
-    dataset = make_cached_dataset([{"image": str(image)}], transform, cache_dir=folder / "cache", cache="disk")
-    expected_image = torch.as_tensor(dataset[0]["image"])
-    entry = dataset._hashfile(dataset.data[0])
-    good = entry.read_bytes()
+    dataset, entry, good, expected_image = C.cached_one_image(folder)
     marker = folder / "marker"
-    corruptions = {
-        "truncated": lambda: entry.write_bytes(good[: len(good) // 2]),
-        "truncated to 10 bytes": lambda: entry.write_bytes(good[:10]),
-        "random bytes": lambda: entry.write_bytes(os.urandom(3000)),
-        "empty": lambda: entry.write_bytes(b""),
-        "zeros": lambda: entry.write_bytes(b"\0" * len(good)),
-        "pickle that runs code": lambda: torch.save({"image": C.CreatesMarker(marker)}, entry),
-    }
-    for name, corrupt in corruptions.items():
-        corrupt()
+    for name in C.CACHE_CORRUPTIONS:
+        C.corrupt_cache_entry(entry, good, name, marker)
         try:
             ok = torch.equal(torch.as_tensor(dataset[0]["image"]), expected_image) and entry.read_bytes() == good
         except Exception:  # noqa: BLE001 -- a crash of this case

@@ -482,3 +482,43 @@ def hostile_exam_list(folder: Path) -> tuple[Path, Path]:
     path.write_bytes(pickle.dumps([{"horizontal_flip": "NO", "L-CC": [CreatesMarker(marker)]}], protocol=2))
     return path, marker
 
+
+
+# --- corrupt disk-cache entries ----------------------------------------------------------------------------------
+
+def cached_one_image(folder: Path):
+    """A disk-cached dataset of one small image in ``folder``: (dataset, its cache entry file, the entry's bytes,
+    the image the item holds)."""
+    import torch
+    from monai.transforms import Compose, EnsureTyped, LoadImaged
+
+    from glam_bundle.data.cache import make_cached_dataset
+    from glam_bundle.data.readers import MammogramReader
+
+    folder.mkdir(parents=True, exist_ok=True)
+    image = folder / "a.png"
+    Image.fromarray(((np.arange(100 * 80).reshape(100, 80) * 7) % 4000 + 50).astype(np.uint16)).save(image)
+    transform = Compose([LoadImaged(keys="image", reader=MammogramReader(min_size=0)), EnsureTyped(keys="image")])
+    dataset = make_cached_dataset([{"image": str(image)}], transform, cache_dir=folder / "cache", cache="disk")
+    expected = torch.as_tensor(dataset[0]["image"])
+    entry = dataset._hashfile(dataset.data[0])
+    return dataset, entry, entry.read_bytes(), expected
+
+
+def corrupt_cache_entry(entry: Path, good: bytes, kind: str, marker: Path) -> None:
+    """Overwrite a cache entry: "truncated", "truncated to 10 bytes", "garbage", "empty", "zeros" or "hostile" (a
+    pickle whose loading would create ``marker``)."""
+    import torch
+
+    writers = {
+        "truncated": lambda: entry.write_bytes(good[: len(good) // 2]),
+        "truncated to 10 bytes": lambda: entry.write_bytes(good[:10]),
+        "garbage": lambda: entry.write_bytes(np.random.default_rng(0).bytes(3000)),
+        "empty": lambda: entry.write_bytes(b""),
+        "zeros": lambda: entry.write_bytes(b"\0" * len(good)),
+        "hostile": lambda: torch.save({"image": CreatesMarker(marker)}, entry),
+    }
+    writers[kind]()
+
+
+CACHE_CORRUPTIONS = ("truncated", "truncated to 10 bytes", "garbage", "empty", "zeros", "hostile")

@@ -107,6 +107,13 @@ def _running(pid: int) -> bool:
     return not done
 
 
+def _wait_while(pid: int, seconds: float, poll: float, condition=lambda: True) -> None:
+    """Sleep in steps of ``poll`` while ``condition()`` holds, the process runs and ``seconds`` have not passed."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and _running(pid) and condition():
+        time.sleep(poll)
+
+
 def _kill(pid: int) -> None:
     if _running(pid):
         os.kill(pid, signal.SIGKILL)
@@ -212,23 +219,14 @@ def main() -> int:
             # and a random delay after that: a random point in an epoch, never more than a few epochs in
             target = rng.randint(1, options.kill_after_iterations)
             report_target = target
-            deadline = time.monotonic() + 300
-            while (len(re.findall(r"Epoch: \d+/\d+, Iter: \d+/\d+", log.read_text(errors="replace"))) < target
-                   and time.monotonic() < deadline and _running(pid)):
-                time.sleep(0.005)
-            deadline = time.monotonic() + delay
-            while time.monotonic() < deadline and _running(pid):
-                time.sleep(0.005)
+            _wait_while(pid, 300, 0.005, lambda: len(re.findall(
+                r"Epoch: \d+/\d+, Iter: \d+/\d+", log.read_text(errors="replace"))) < target)
+            _wait_while(pid, delay, 0.005)
             _kill(pid)
         elif delay is not None:
             if options.delay_from:  # the delay counts from the moment the log shows this line (e.g. training starts)
-                deadline = time.monotonic() + 300
-                while (not re.search(options.delay_from, log.read_text(errors="replace"))
-                       and time.monotonic() < deadline and _running(pid)):
-                    time.sleep(0.01)
-            deadline = time.monotonic() + delay
-            while time.monotonic() < deadline and _running(pid):
-                time.sleep(0.01)
+                _wait_while(pid, 300, 0.01, lambda: not re.search(options.delay_from, log.read_text(errors="replace")))
+            _wait_while(pid, delay, 0.01)
             _kill(pid)
         status = _wait(pid)
         text = log.read_text(errors="replace")

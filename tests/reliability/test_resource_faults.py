@@ -19,15 +19,11 @@ import subprocess
 import sys
 
 import nibabel as nib
-import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigWorkflow
-from monai.transforms import Compose, EnsureTyped, LoadImaged
 from PIL import Image
 
-from glam_bundle.data.cache import make_cached_dataset
-from glam_bundle.data.readers import MammogramReader
 from glam_bundle.errors import user_error_message
 from tests.conftest import REPO_ROOT
 from tests.reliability import cases as C
@@ -101,30 +97,11 @@ def test_disk_full_while_writing_the_resume_checkpoint_keeps_the_previous_one(tm
     assert not C.temporary_leftovers(out)
 
 
-def _corrupt(entry, good: bytes, kind: str, marker) -> None:
-    if kind == "truncated":
-        entry.write_bytes(good[: len(good) // 2])
-    elif kind == "garbage":
-        entry.write_bytes(np.random.default_rng(0).bytes(3000))
-    elif kind == "empty":
-        entry.write_bytes(b"")
-    elif kind == "zeros":
-        entry.write_bytes(b"\0" * len(good))
-    elif kind == "hostile":
-        torch.save({"image": C.CreatesMarker(marker)}, entry)
-
-
-@pytest.mark.parametrize("kind", ["truncated", "garbage", "empty", "zeros", "hostile"])
+@pytest.mark.parametrize("kind", C.CACHE_CORRUPTIONS)
 def test_corrupt_cache_entry_is_rebuilt(tmp_path, kind, caplog):
-    image = tmp_path / "a.png"
-    Image.fromarray(((np.arange(100 * 80).reshape(100, 80) * 7) % 4000 + 50).astype(np.uint16)).save(image)
-    transform = Compose([LoadImaged(keys="image", reader=MammogramReader(min_size=0)), EnsureTyped(keys="image")])
-    dataset = make_cached_dataset([{"image": str(image)}], transform, cache_dir=tmp_path / "cache", cache="disk")
-    expected = torch.as_tensor(dataset[0]["image"])
-    entry = dataset._hashfile(dataset.data[0])
-    good = entry.read_bytes()
+    dataset, entry, good, expected = C.cached_one_image(tmp_path)
     marker = tmp_path / "marker_cache_code_ran"
-    _corrupt(entry, good, kind, marker)
+    C.corrupt_cache_entry(entry, good, kind, marker)
     assert torch.equal(torch.as_tensor(dataset[0]["image"]), expected)
     assert "unreadable entry, rebuilt" in caplog.text and str(entry) in caplog.text
     assert entry.read_bytes() == good and not marker.exists()
