@@ -319,6 +319,10 @@ RUN_IDS = [
     (["train_global.json", "train_joint.json"], ["initialize", "run", "training"]),
     (["train_global.json", "evaluate.json"], ["initialize", "run"]),
     (["train_global.json", "multi_gpu_train.json"], ["initialize", "run", "training", "finalize"]),
+    (["inference.json", "multi_gpu_inference.json"], ["initialize", "run", "finalize"]),
+    (["train_global.json", "evaluate.json", "multi_gpu_evaluate.json"], ["initialize", "run", "finalize"]),
+    (["train_global.json", "baselines/cam.json"], ["initialize", "run", "training"]),
+    (["train_global.json", "baselines/gmic.json"], ["initialize", "run", "training"]),
 ]
 
 
@@ -347,7 +351,7 @@ def unresolved_targets(config) -> list[str]:
     return unresolved
 
 
-@pytest.mark.parametrize("files, run_ids", RUN_IDS, ids=["+".join(f[:-5] for f in files) for files, _ in RUN_IDS])
+@pytest.mark.parametrize("files, run_ids", RUN_IDS, ids=["+".join(f[:-5].replace("/", ".") for f in files) for files, _ in RUN_IDS])
 def test_every_config_parses_with_its_run_ids(files, run_ids):
     """Every reference reachable from each run id resolves, and every ``_target_`` names something importable
     (nothing is instantiated or run)."""
