@@ -50,6 +50,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -58,6 +59,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # run from anywhere without installing
 
+from glam_bundle.atomic_io import write_text_atomic  # noqa: E402
 from glam_bundle.precision import cpu_capabilities, resolve_precision  # noqa: E402
 
 SHARED = REPO_ROOT.parent / "shared"
@@ -632,12 +634,34 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+def timed_log(start: float) -> Callable[[str], None]:
+    """A print with the seconds since ``start`` (shared with scripts/benchmark_training.py)."""
+
+    def log(message: str) -> None:
+        print(f"[{time.perf_counter() - start:7.1f} s] {message}", flush=True)
+
+    return log
+
+
+def report_header(script: str, argv: list[str] | None) -> dict[str, Any]:
+    """The command, date and machine entries that open a benchmark's JSON report."""
+    return {
+        "command": f"python scripts/{script} " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": machine(),
+    }
+
+
+def write_report(result: dict, out: str | Path, render: Callable[[dict], str], log: Callable[[str], None] = print) -> Path:
+    """``<out>.json`` (``result``) and ``<out>.md`` (``render(result)``), each written atomically; a relative ``out``
+    is taken from the working directory. Shared with scripts/benchmark_training.py."""
+    out = Path(out)
+    if not out.is_absolute():
+        out = Path.cwd() / out
+    write_text_atomic(json.dumps(result, indent=1) + "\n", out.with_suffix(".json"))
+    write_text_atomic(render(result), out.with_suffix(".md"))
+    log(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict | None:
@@ -670,9 +694,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         result = json.loads(Path(args.render).read_text())
         add_ratios(result["network"]["modes"])
         result["targets"] = targets(result)
-        out = Path(args.out)
-        write_atomic(out.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
-        write_atomic(out.with_suffix(".md"), markdown(result))
+        write_report(result, args.out, markdown)
         return result
     if args.memory_child:
         memory_child(args)
@@ -697,14 +719,9 @@ def main(argv: list[str] | None = None) -> dict | None:
         modes.append(default)
 
     start = time.perf_counter()
-
-    def log(message: str) -> None:
-        print(f"[{time.perf_counter() - start:7.1f} s] {message}", flush=True)
-
+    log = timed_log(start)
     result: dict[str, Any] = {
-        "command": "python scripts/benchmark_inference.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": machine(),
+        **report_header("benchmark_inference.py", argv),
         "settings": {**settings, "reps": args.reps, "batch": args.batch, "batch_reps": args.batch_reps,
                      "e2e_rounds": args.e2e_rounds, "e2e_copies": args.e2e_copies},
         "config_precision": precision,
@@ -722,12 +739,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     result["load_average_end"] = os.getloadavg()
     result["wall_s"] = time.perf_counter() - start
     result["targets"] = targets(result)
-    out = Path(args.out)
-    if not out.is_absolute():
-        out = Path.cwd() / out
-    write_atomic(out.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
-    write_atomic(out.with_suffix(".md"), markdown(result))
-    log(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    write_report(result, args.out, markdown, log)
     return result
 
 

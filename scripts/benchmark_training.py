@@ -68,7 +68,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # run from anywhere without installing
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
-from benchmark_inference import current_rss_mib, machine, peak_rss_mib, write_atomic  # noqa: E402
+from benchmark_inference import (  # noqa: E402
+    current_rss_mib, peak_rss_mib, report_header, timed_log, write_report,
+)
 
 CONFIGS = REPO_ROOT / "configs"
 STAGES = ("global", "local", "joint")
@@ -445,14 +447,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     args.steps = (1 if args.quick else 3) if args.steps is None else args.steps
 
     start = time.perf_counter()
-
-    def log(message: str) -> None:
-        print(f"[{time.perf_counter() - start:7.1f} s] {message}", flush=True)
-
+    log = timed_log(start)
     result: dict[str, Any] = {
-        "command": "python scripts/benchmark_training.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": machine(),
+        **report_header("benchmark_training.py", argv),
         "settings": {"presets": presets, "stages": args.stages, "modes": args.modes, "steps": args.steps,
                      "heavy_steps": args.heavy_steps, "heavy_warmup": args.heavy_warmup, "threads": args.threads},
         "runs": [],
@@ -489,12 +486,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             shutil.rmtree(work, ignore_errors=True)
     result["load_average_end"] = os.getloadavg()
     result["wall_s"] = time.perf_counter() - start
-    out = Path(args.out)
-    if not out.is_absolute():
-        out = Path.cwd() / out
-    write_atomic(out.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
-    write_atomic(out.with_suffix(".md"), markdown(result))
-    log(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    write_report(result, args.out, markdown, log)
     return result
 
 
