@@ -41,7 +41,7 @@ $PY -m monai.bundle run --config_file "['configs/train_global.json','configs/eva
 
 echo "== 5/5 inference on the test split ($OUT/inference)"
 $PY -m monai.bundle run --config_file "['configs/inference.json',$PRESETS]" --ckpt_path "$DIR/models/model.pt" \
-    --datalist "$OUT/synthetic/datalist.json" --datalist_split test --output_dir "$OUT/inference"
+    --datalist "$OUT/synthetic/datalist.json" --datalist_split test --output_dir "$OUT/inference" --load_masks true
 
 $PY scripts/tensorboard_figure.py "$OUT/train_joint" "$OUT/tensorboard_joint.png"
 $PY scripts/demo_summary.py "$OUT/evaluate/metrics.json" "$OUT/evaluate_untrained/metrics.json" || true
