@@ -316,3 +316,23 @@ def test_network_derives_the_breast_mask_when_given_only_the_image(tmp_path):
     assert torch.equal(given["saliency_global"], derived["saliency_global"])
     assert torch.equal(given["patch_locations"], derived["patch_locations"])
     assert not torch.equal(given["saliency_global"], unmasked["saliency_global"])
+
+
+def test_label_overlay_script(tmp_path):
+    """scripts/label_overlay.py draws a label map over its image (and refuses a label of another size)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("label_overlay", REPO_ROOT / "scripts" / "label_overlay.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    image_path, lesion, mask_path = planted_lesion(tmp_path, "L", "CC", seed=9)
+    label = np.zeros(RAW, np.uint8)
+    label[lesion] = 1
+    Image.fromarray(label).save(tmp_path / "label.png")
+    assert script.main(["--out", str(tmp_path / "o.png"), "--case", str(image_path), str(tmp_path / "label.png"),
+                        str(mask_path)]) == 0
+    with Image.open(tmp_path / "o.png") as figure:
+        assert figure.format == "PNG"
+    Image.fromarray(label[:100]).save(tmp_path / "small.png")
+    with pytest.raises(SystemExit):
+        script.main(["--out", str(tmp_path / "p.png"), "--case", str(image_path), str(tmp_path / "small.png")])
