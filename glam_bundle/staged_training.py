@@ -75,8 +75,6 @@ def run_stages(
     if train_data is not None:
         settings["datalist"] = str(datalist_from_datastore(train_data, validate_data, datastore_datalist))
         logger.info("training on %d datastore items (datalist %s)", len(train_data), settings["datalist"])
-    if epochs is not None:
-        settings["max_epochs"] = int(epochs)
     for name in stages:
         files = [str(config_dir / f) for f in STAGE_CONFIGS[name]] + preset_files
         override = {**settings, **(stage_settings or {}).get(name, {})}

@@ -32,6 +32,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: figures are written to files only
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from matplotlib import patheffects  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
@@ -40,6 +41,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 
 from glam_bundle.atomic_io import atomic_output  # noqa: E402
 from glam_bundle.constants import CLASS_NAMES  # noqa: E402
+from glam_bundle.networks.global_network import breast_mask_from_image  # noqa: E402
 from glam_bundle.figure_style import (  # noqa: E402
     CLASS_COLOUR_MAPS,
     CLASS_COLOURS,
@@ -151,7 +153,7 @@ def breast_fraction(
 
     Background is the black outside the breast, which stays the image's minimum after standardisation (the
     preprocessing sets every pixel outside the breast to one value): pixels within 0.1% of the intensity range
-    of the minimum count as background.
+    of the minimum count as background (the rule the network applies with ``breast_mask_from_image``).
 
     The pectoral muscle is not measured. A detector was tried (Otsu threshold of the upper chest-wall quadrant
     of an MLO view, the bright component in the corner, a straight-edged triangle fitted to it, a contrast
@@ -167,8 +169,7 @@ def breast_fraction(
     image = np.asarray(image, dtype=np.float32)
     height, width = image.shape
     full_h, full_w = image_size if image_size is not None else (height, width)
-    low, high = float(image.min()), float(image.max())
-    breast = image > low + 1e-3 * max(high - low, 1e-12)
+    breast = breast_mask_from_image(torch.from_numpy(image)[None, None])[0, 0].numpy() > 0
     sy, sx = height / full_h, width / full_w
     fractions = []
     for row, col in np.asarray(patch_locations, dtype=float).reshape(-1, 2):

@@ -26,9 +26,11 @@ from PIL import Image
 from glam_bundle.data.failures import failure_message
 from glam_bundle.data.phantom import make_phantom
 from glam_bundle.transforms import finish_transforms, frame_transforms, load_transforms, window_transforms
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, SMALL_NETWORK_OVERRIDES
 
 SIZE = {"image_size": [368, 240], "crop_size": [64, 64], "geometry_scale": 0.125}
+# the tests' narrow network (tests/conftest.py), at this file's own frame
+NARROW = {key: value for key, value in SMALL_NETWORK_OVERRIDES.items() if key.startswith("network_def#")}
 RAW = (736, 480)  # the raw phantom is twice the model frame: crop, window and (with spacing) resampling all act
 
 
@@ -152,8 +154,7 @@ def test_real_network_output_goes_through(tmp_path):
         "inference.json",
         **SIZE,
         device="cpu",
-        **{"network_def#global_channels": [4, 8, 8, 8, 8], "network_def#global_blocks_per_stage": 1,
-           "network_def#local_layers": [1, 1, 1, 1], "network_def#local_channels": [8, 8, 8, 16]},
+        **NARROW,
     )
     network = parser.get_parsed_content("network_def", instantiate=True).eval()
     inferer = parser.get_parsed_content("inferer", instantiate=True)
@@ -192,7 +193,6 @@ def test_train_json_takes_the_datastore_list(tmp_path):
     from monai.bundle import run
 
     from glam_bundle.data.phantom import generate_dataset
-    from tests.conftest import SMALL_NETWORK_OVERRIDES
 
     data = generate_dataset(tmp_path / "data", n_images=6, height=736, width=480, seed=0,
                             prevalence={"benign": 0.5, "malignant": 0.5})
@@ -223,7 +223,6 @@ def test_bundle_writer_uses_the_same_inverse(tmp_path):
     input image's pixels (raw size, the breast crop's cut-away columns background); the usual outputs stay."""
     from monai.bundle import ConfigWorkflow
 
-    from tests.conftest import SMALL_NETWORK_OVERRIDES
 
     image_path, _, _ = planted_lesion(tmp_path, "R", "CC", seed=2)
     out = tmp_path / "out"
@@ -254,9 +253,7 @@ def test_torchscript_fallback_gives_the_same_label(tmp_path, masked):
     as the eager network; with ``mask_saliency_to_breast`` the traced file derives the breast mask itself."""
     from monai.bundle import ckpt_export
 
-    small = {"network_def#global_channels": [4, 8, 8, 8, 8], "network_def#global_blocks_per_stage": 1,
-             "network_def#local_layers": [1, 1, 1, 1], "network_def#local_channels": [8, 8, 8, 16],
-             "mask_saliency_to_breast": masked}
+    small = {**NARROW, "mask_saliency_to_breast": masked}
     parser = parse("inference.json", **SIZE, device="cpu", **small)
     torch.manual_seed(0)
     network = parser.get_parsed_content("network_def", instantiate=True).eval()
@@ -302,9 +299,7 @@ def test_network_derives_the_breast_mask_when_given_only_the_image(tmp_path):
     """Weights trained with ``mask_saliency_to_breast`` see the breast mask in the bundle's own workflows; MONAI Label
     (and the exported files) pass only the image, and the network then derives the mask from it: same outputs."""
     image_path, _, _ = planted_lesion(tmp_path, "L", "MLO", seed=8)
-    parser = parse("inference.json", **SIZE, device="cpu", mask_saliency_to_breast=True,
-                   **{"network_def#global_channels": [4, 8, 8, 8, 8], "network_def#global_blocks_per_stage": 1,
-                      "network_def#local_layers": [1, 1, 1, 1], "network_def#local_channels": [8, 8, 8, 16]})
+    parser = parse("inference.json", **SIZE, device="cpu", mask_saliency_to_breast=True, **NARROW)
     torch.manual_seed(0)
     network = parser.get_parsed_content("network_def", instantiate=True).eval()
     data = parser.get_parsed_content("preprocessing", instantiate=True)({"image": str(image_path)})

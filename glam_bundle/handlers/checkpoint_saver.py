@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine
 from ignite.handlers.checkpoint import BaseSaveHandler
@@ -24,7 +25,7 @@ class _AtomicDiskSaver(BaseSaveHandler):
         self.inner = inner
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
-        if self.inner.save_on_rank != _rank():
+        if self.inner.save_on_rank != idist.get_rank():
             return
         path = Path(self.inner.dirname) / (getattr(self.inner, "filename", None) or filename)
         with atomic_output(path) as tmp:
@@ -32,12 +33,6 @@ class _AtomicDiskSaver(BaseSaveHandler):
 
     def remove(self, filename: str) -> None:
         self.inner.remove(filename)
-
-
-def _rank() -> int:
-    import ignite.distributed as idist
-
-    return idist.get_rank()
 
 
 class AtomicCheckpointSaver(CheckpointSaver):
@@ -59,7 +54,7 @@ class AtomicCheckpointSaver(CheckpointSaver):
                 checkpoint.save_handler = _AtomicDiskSaver(checkpoint.save_handler)
 
     def attach(self, engine: Engine) -> None:
-        if _rank() == 0:
+        if idist.get_rank() == 0:
             for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint):
                 name = getattr(checkpoint.save_handler.inner, "filename", None) if checkpoint is not None else None
                 if name:

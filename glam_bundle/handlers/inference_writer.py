@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from monai.data import MetaTensor, decollate_batch
+from monai.data import MetaTensor
 
 from glam_bundle import distributed
 from glam_bundle.atomic_io import atomic_output, save_png_atomic, write_csv
@@ -346,9 +346,8 @@ class GLAMInferenceWriter:
 
     def _write_label(self, stem: str, saliency: torch.Tensor, batch: Mapping, i: int) -> None:
         """``<stem>_label.png``: case ``i``'s S_c (2, H, W) as a label map on its input image's pixels."""
-        images = batch["image"]
-        image = decollate_batch(images, detach=True)[i] if isinstance(images, MetaTensor) and images.is_batch else images[i]
-        item = {"pred": MetaTensor(saliency.detach().float().cpu()), "image": image}
+        # indexing a batched MetaTensor gives the case's own meta and applied_operations (what Invertd undoes)
+        item = {"pred": MetaTensor(saliency.detach().float().cpu()), "image": batch["image"][i].detach()}
         if "breast_mask" in batch:  # kept by the chain with mask_saliency_to_breast
             item["breast_mask"] = batch["breast_mask"][i].detach().cpu()
         item = self.label_transform(item)

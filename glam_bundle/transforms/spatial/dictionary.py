@@ -128,22 +128,18 @@ def _untraced(transform):
     return transform
 
 
-def _resize_mode(tensor: torch.Tensor, float_mode: str) -> str:
-    """Interpolation for ``tensor``: ``float_mode`` for floating point data, nearest-exact for masks/labels."""
-    return float_mode if torch.is_floating_point(tensor) else "nearest-exact"
-
-
 def _resize(tensor: torch.Tensor, size: Sequence[int], mode: str) -> torch.Tensor:
-    """``tensor`` (C, h, w) resized to ``size``; bool and integer tensors keep their dtype."""
+    """``tensor`` (C, h, w) resized to ``size`` with ``mode`` for floating point data; "nearest" (what ``Invertd``'s
+    ``nearest_interp`` writes), masks and labels use nearest-exact, and bool/integer tensors keep their dtype."""
     size = tuple(int(v) for v in size)
     if tuple(tensor.shape[1:]) == size:
         return tensor
-    mode = _resize_mode(tensor, mode) if mode != "nearest" else "nearest-exact"
-    dtype = tensor.dtype
-    out = _untraced(Resize(size, mode=mode))(tensor if torch.is_floating_point(tensor) else tensor.float())
-    if dtype == torch.bool:
+    floating = torch.is_floating_point(tensor)
+    mode = mode if floating and mode != "nearest" else "nearest-exact"
+    out = _untraced(Resize(size, mode=mode))(tensor if floating else tensor.float())
+    if tensor.dtype == torch.bool:
         return out > 0.5
-    return out if torch.is_floating_point(tensor) else out.round().to(dtype)
+    return out if floating else out.round().to(tensor.dtype)
 
 
 class OrientBreastd(_GeometryMapTransform):
@@ -218,13 +214,9 @@ class OrientBreastd(_GeometryMapTransform):
             else:
                 view, view_source = self.default_view, "default"
         shape = image.shape[1:]
-        if flipped:
-            image = self.flipper(image)
-            for key in self.follow_keys(d):
-                d[key] = self.flipper(d[key])
         for key in self.follow_keys(d):
-            self.record(d[key], shape, flipped=flipped)
-        self.record(image, shape, flipped=flipped)
+            d[key] = self.record(self.flipper(d[key]) if flipped else d[key], shape, flipped=flipped)
+        image = self.record(self.flipper(image) if flipped else image, shape, flipped=flipped)
         image.meta.update(
             {
                 "flipped": flipped,
