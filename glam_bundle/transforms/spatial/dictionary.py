@@ -122,10 +122,23 @@ class _GeometryMapTransform(MapTransform, InvertibleTransform):
         raise NotImplementedError
 
 
-def _untraced(transform):
-    """``transform`` with tracing off: the geometry transforms record one entry of their own instead."""
-    transform.tracing = False
-    return transform
+class _Untraced:
+    """Calls a MONAI transform with its tracing off: the geometry transforms record one entry of their own instead.
+
+    Setting ``transform.tracing = False`` once is not enough: MONAI keeps ``tracing`` per thread (and a pickled
+    transform, e.g. in a DataLoader worker, starts traced again), so the inverse run in the inference writer's thread
+    would push the inner flip onto the image. ``trace_transform(False)`` turns it off in the calling thread, per call.
+    """
+
+    def __init__(self, transform) -> None:
+        self.transform = transform
+
+    def __call__(self, *args, **kwargs):
+        with self.transform.trace_transform(False):
+            return self.transform(*args, **kwargs)
+
+
+_untraced = _Untraced
 
 
 def _resize(tensor: torch.Tensor, size: Sequence[int], mode: str) -> torch.Tensor:
