@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -108,6 +110,29 @@ def test_metadata_channel_def_names_the_label_values():
     meta = json.loads((REPO_ROOT / "configs" / "metadata.json").read_text())
     pred = next(iter(meta["network_data_format"]["outputs"].values()))
     assert pred["channel_def"] == {"0": "background", "1": "benign", "2": "malignant"}
+
+
+def test_chain_stays_invertible_in_another_thread_and_a_pickled_copy(tmp_path):
+    """MONAI keeps a transform's ``tracing`` per thread and drops it when pickled: the chain's inner flip, crop, pad
+    and resize must stay untraced in the inference writer's thread and in a DataLoader worker's copy of the chain,
+    or ``Invertd`` meets their entries (a right breast: the image is flipped)."""
+    image_path, _, _ = planted_lesion(tmp_path, "R", "CC", seed=0)
+    parser = parse("inference.json", **SIZE)
+    pre = parser.get_parsed_content("preprocessing", instantiate=True)
+    post = parser.get_parsed_content("post_transforms", instantiate=True)
+    ours = {"ResampleToSpacingd", "OrientBreastd", "CropBreastd", "BestCenterWindowd"}
+
+    def label(chain) -> np.ndarray:
+        data = chain({"image": str(image_path)})
+        assert {op["class"] for op in data["image"].applied_operations} <= ours
+        data["pred"] = {"saliency": torch.rand(2, *SIZE["image_size"], generator=torch.Generator().manual_seed(0)),
+                        "y_global": torch.tensor([0.9, 0.1])}
+        return np.asarray(post(data)["pred"])
+
+    expected = label(pre)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        assert np.array_equal(pool.submit(label, pre).result(), expected)
+    assert np.array_equal(label(pickle.loads(pickle.dumps(pre))), expected)
 
 
 @pytest.mark.parametrize("laterality,view,spacing", [("L", "CC", None), ("R", "MLO", None), ("R", "CC", 0.05)])
