@@ -266,9 +266,9 @@ def memory_child(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(result))
 
 
-def run_child(argv: list[str], timeout: float = 1800) -> dict:
+def run_child(argv: list[str], timeout: float = 1800, env: dict[str, str] | None = None) -> dict:
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), *argv], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO_ROOT)
+                          timeout=timeout, cwd=REPO_ROOT, env={**os.environ, **(env or {})})
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"child {argv} failed ({proc.returncode}): {proc.stderr[-3000:]}")
@@ -384,6 +384,7 @@ def e2e_child(args: argparse.Namespace) -> None:
         "output_dir": args.e2e_out,
         "ckpt_path": args.weights,
         "precision": args.e2e_child,
+        "write_in_background": args.e2e_writer == "background",
         "image_size": settings["image_size"],
         "crop_size": settings["crop_size"],
         **{f"network_def#{k}": v for k, v in settings["network_args"].items()},
@@ -394,6 +395,16 @@ def e2e_child(args: argparse.Namespace) -> None:
     workflow.initialize()
     parser = workflow.parser
     evaluator = parser.get_parsed_content("evaluator")
+    writer = parser.get_parsed_content("writer")
+    writer_s: list[float] = []  # the time of each batch's files, in whichever thread writes them
+    write_cases = writer._write_cases
+
+    def timed_write_cases(cases):
+        t0 = time.perf_counter()
+        write_cases(cases)
+        writer_s.append(time.perf_counter() - t0)
+
+    writer._write_cases = timed_write_cases
 
     marks: list[dict[str, float]] = []
 
@@ -417,10 +428,9 @@ def e2e_child(args: argparse.Namespace) -> None:
     workflow.finalize()
 
     per_image = []
-    for m in marks:
-        if "iteration_completed" not in m or "forward_completed" not in m:
-            continue
+    for m, written in zip((m for m in marks if "iteration_completed" in m and "forward_completed" in m), writer_s):
         per_image.append({
+            "writer_s": written,
             "data_s": m["get_batch_completed"] - m["get_batch_started"],
             "network_s": m["forward_completed"] - m["iteration_started"],
             "postprocessing_s": m["model_completed"] - m["forward_completed"],
@@ -434,12 +444,30 @@ def e2e_child(args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         load(dict(item))
         reading.append(time.perf_counter() - t0)
-    print("RESULT " + json.dumps({"precision": args.e2e_child, "total_s": total, "per_image": per_image,
-                                  "reading_s": reading, "peak_rss_mib": peak_rss_mib(),
+    print("RESULT " + json.dumps({"precision": args.e2e_child, "writer": args.e2e_writer, "total_s": total,
+                                  "per_image": per_image, "reading_s": reading, "peak_rss_mib": peak_rss_mib(),
                                   "resolved": resolve_precision("cpu", args.e2e_child)}))
 
 
-def e2e_benchmark(args: argparse.Namespace, settings: dict, precisions: list[str], log) -> dict:
+# glibc returns allocations of at least this size to the system when they are freed (a fixed threshold instead of
+# the dynamic one that grows to 32 MB and keeps freed feature maps in the heap): less memory, more page faults.
+LEAN_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(16 * 2**20)}
+
+
+def e2e_variants(config_precision: str) -> dict[str, tuple[str, str, dict[str, str]]]:
+    """End-to-end runs: name -> (precision, writer, extra environment). The config's default (writer thread) in
+    float32; the same with the files written in the engine's thread (what the writer thread saves); the default with
+    ``LEAN_MALLOC_ENV`` (what a fixed allocator threshold saves in memory and costs in time); bfloat16 where the CPU
+    has it."""
+    variants = {"float32": ("float32", "background", {}), "float32_foreground_writer": ("float32", "foreground", {}),
+                "float32_lean_malloc": ("float32", "background", LEAN_MALLOC_ENV)}
+    if resolve_precision("cpu", "auto") == "bfloat16":
+        variants["bfloat16"] = ("bfloat16", "background", {})
+    variants.setdefault(config_precision, (config_precision, "background", {}))
+    return variants
+
+
+def e2e_benchmark(args: argparse.Namespace, settings: dict, variants: dict[str, tuple], log) -> dict:
     tmp = Path(args.tmp)
     images = tmp / "images"
     images.mkdir(exist_ok=True)
@@ -462,31 +490,36 @@ def e2e_benchmark(args: argparse.Namespace, settings: dict, precisions: list[str
         network, _ = build_network(settings)
         weights = str(tmp / "model.pt")
         torch.save(network.state_dict(), weights)
-    runs: dict[str, list[dict]] = {p: [] for p in precisions}
+    runs: dict[str, list[dict]] = {name: [] for name in variants}
+    names = list(variants)
     for round_index in range(args.e2e_rounds):
-        order = precisions if round_index % 2 == 0 else precisions[::-1]
-        for precision in order:
-            out = tmp / f"e2e_{precision}_{round_index}"
-            argv = ["--e2e_child", precision, "--images", str(images), "--e2e_out", str(out), "--weights", weights]
+        for name in names if round_index % 2 == 0 else names[::-1]:
+            precision, writer, env = variants[name]
+            out = tmp / f"e2e_{name}_{round_index}"
+            argv = ["--e2e_child", precision, "--e2e_writer", writer, "--images", str(images), "--e2e_out", str(out),
+                    "--weights", weights]
             argv += (["--quick"] if args.quick else []) + (["--threads", str(args.threads)] if args.threads else [])
-            result = run_child(argv)
-            runs[precision].append(result)
-            log(f"end to end {precision} round {round_index + 1}: {result['total_s']:.1f} s, "
+            result = run_child(argv, env=env)
+            runs[name].append(result)
+            log(f"end to end {name} round {round_index + 1}: {result['total_s']:.1f} s, "
                 f"{len(result['per_image'])} images, peak RSS {result['peak_rss_mib']:.0f} MiB")
             shutil.rmtree(out, ignore_errors=True)
     summary = {}
-    for precision, results in runs.items():
+    for name, results in runs.items():
         # the first image of each process is its warm-up
         images_timed = [image for r in results for image in r["per_image"][1:]] or [
             image for r in results for image in r["per_image"]]
         row = {key: statistics.median(i[key] for i in images_timed)
-               for key in ("image_s", "data_s", "network_s", "postprocessing_s", "writing_s")}
+               for key in ("image_s", "data_s", "network_s", "postprocessing_s", "writing_s", "writer_s")}
+        row["precision"], row["writer"], row["environment"] = variants[name]
+        # the whole run (first image included) per image: what a batch job sees
+        row["run_s_per_image"] = statistics.median(r["total_s"] / max(len(r["per_image"]), 1) for r in results)
         row["reading_s"] = statistics.median(t for r in results for t in r["reading_s"])
         row["preprocessing_s"] = max(row["data_s"] - row["reading_s"], 0.0)
         row["peak_rss_mib"] = max(r["peak_rss_mib"] for r in results)
         row["images_timed"] = len(images_timed)
         row["resolved"] = results[0]["resolved"]
-        summary[precision] = row
+        summary[name] = row
     return {"images": source, "per_precision": summary, "runs": runs}
 
 
@@ -611,22 +644,34 @@ def markdown(result: dict) -> str:
     if e2e:
         lines += [
             f"## End to end: configs/inference.json ({e2e['images']}; one process per run, "
-            f"{result['settings']['e2e_rounds']} alternating runs per precision; the first image of each run is its warm-up)",
+            f"{result['settings']['e2e_rounds']} alternating runs per variant; the first image of each run is its warm-up)",
             "",
-            "| precision | per image (s) | reading | preprocessing | network | postprocessing | writing (NIfTI, figure, CSV row) | peak RSS (MiB) |",
-            "|---|---|---|---|---|---|---|---|",
+            "| variant | precision | writer | environment | per image (s) | whole run per image (s) | reading | "
+            "preprocessing | network | postprocessing | engine waits for the writer | writing (NIfTI, figure, CSV row) | "
+            "peak RSS (MiB) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for precision, row in e2e["per_precision"].items():
+        for name, row in e2e["per_precision"].items():
             total = row["image_s"]
 
             def share(key: str) -> str:
                 return f"{row[key]:.2f} s ({100 * row[key] / total:.0f} %)"
 
-            lines.append(f"| {precision} | {total:.2f} | {share('reading_s')} | {share('preprocessing_s')} | "
-                         f"{share('network_s')} | {share('postprocessing_s')} | {share('writing_s')} | "
-                         f"{row['peak_rss_mib']:.0f} |")
+            writer = row.get("writer", "foreground")
+            written = f"{row['writer_s']:.2f} s" if "writer_s" in row else "-"
+            if writer == "background":
+                written += " (in the writer thread, beside the next image's network)"
+            environment = " ".join(f"`{k}={v}`" for k, v in row.get("environment", {}).items()) or "-"
+            lines.append(f"| {name} | {row.get('precision', name)} | {writer} | {environment} | {total:.2f} | "
+                         f"{row.get('run_s_per_image', float('nan')):.2f} | {share('reading_s')} | "
+                         f"{share('preprocessing_s')} | {share('network_s')} | {share('postprocessing_s')} | "
+                         f"{share('writing_s')} | {written} | {row['peak_rss_mib']:.0f} |")
         lines += ["", "Reading is the config's `load_transforms` timed alone; preprocessing is the loader's time "
-                  "minus reading.", ""]
+                  "minus reading. \"Engine waits for the writer\" is the engine's time from the network's output to "
+                  "the end of the iteration: the whole writing with the foreground writer, the hand-over (and any wait "
+                  "for the previous image's files) with the writer thread (`write_in_background`, the default), whose "
+                  "own writing time is the next column. On 2 cores the writer thread and the network share the CPU, so "
+                  "the gain is smaller than the writing time.", ""]
     lines += ["## Targets (issue 14)", "", "| target | measured | met |", "|---|---|---|"]
     for row in result["targets"]:
         lines.append(f"| {row['target']} | {row['measured']} | {'yes' if row['met'] else 'no'} |")
@@ -685,6 +730,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--memory_child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--scripted", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--e2e_child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--e2e_writer", default="background", help=argparse.SUPPRESS)
     parser.add_argument("--images", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--e2e_out", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--render", default=None, help="re-write OUT.md (and the ratios and targets of OUT.json) "
@@ -732,10 +778,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         args.tmp = tmp
         result["network"] = network_benchmark(args, settings, modes, log)
         if not args.no_e2e:
-            e2e_precisions = ["float32"] + (["bfloat16"] if resolve_precision("cpu", "auto") == "bfloat16" else [])
-            if precision not in e2e_precisions:
-                e2e_precisions.append(precision)
-            result["end_to_end"] = e2e_benchmark(args, settings, e2e_precisions, log)
+            result["end_to_end"] = e2e_benchmark(args, settings, e2e_variants(precision), log)
     result["load_average_end"] = os.getloadavg()
     result["wall_s"] = time.perf_counter() - start
     result["targets"] = targets(result)

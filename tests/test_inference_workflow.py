@@ -94,3 +94,70 @@ def test_verify_net_in_out_on_the_inference_network():
     """MONAI's check of the network against metadata, at 2944x1920 with the single-tensor GLAM wrapper."""
     verify_net_in_out(net_id="network_def", meta_file=META, config_file=CONFIG, device="cpu",
                       **{"network_def#_target_": "glam_bundle.networks.GLAMSaliency"})
+
+
+def _writer_batches(n_batches: int):
+    """(batch, output) pairs of two 8x8 cases each, as the inference evaluator hands them to its handlers."""
+    import torch
+    from monai.data import MetaTensor, list_data_collate
+
+    for b in range(n_batches):
+        items = [{"image": MetaTensor(torch.zeros(1, 8, 8), meta={"filename_or_obj": f"/d/case{2 * b + i}.png"})}
+                 for i in range(2)]
+        pred = {"y_global": torch.tensor([[0.1, 0.2], [0.3, 0.4]]) + b, "patch_locations": torch.zeros(2, 1, 2),
+                "saliency": torch.rand(2, 2, 8, 8)}
+        yield list_data_collate(items), {"pred": pred, "label": torch.full((2, 2), -1.0)}
+
+
+def _engine(batch, output):
+    return type("Engine", (), {"state": type("State", (), {"batch": batch, "output": output})})()
+
+
+def test_background_writer_keeps_order_failures_and_stops_on_a_full_disk(tmp_path, monkeypatch):
+    """``write_in_background``: rows in input order, a case whose file cannot be written listed in failures.csv
+    while the others go on, and a full disk raised in the engine's thread (at the next image or the end)."""
+    import errno
+
+    from glam_bundle.handlers import inference_writer
+    from glam_bundle.handlers.inference_writer import GLAMInferenceWriter
+
+    writer = GLAMInferenceWriter(tmp_path / "out", write_figures=False, background=True)
+    writer.reset(None)
+    real_save = inference_writer.nib.save
+
+    def flaky_save(image, path):
+        if "case3" in str(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_save(image, path)
+
+    monkeypatch.setattr(inference_writer.nib, "save", flaky_save)
+    for batch, output in _writer_batches(3):
+        writer.write_iteration(_engine(batch, output))
+    writer.write_failures_file(_engine(None, None))
+    with open(tmp_path / "out" / "predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["image"] for row in rows] == [f"/d/case{i}.png" for i in (0, 1, 2, 4, 5)]
+    assert all((tmp_path / "out" / row["saliency_file"]).is_file() for row in rows)
+    with open(tmp_path / "out" / "failures.csv", newline="") as handle:
+        failures = list(csv.DictReader(handle))
+    assert [f["image"] for f in failures] == ["/d/case3.png"] and "Permission denied" in failures[0]["error"]
+
+    def full_disk(image, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(inference_writer.nib, "save", full_disk)
+    writer = GLAMInferenceWriter(tmp_path / "full", write_figures=False, background=True)
+    writer.reset(None)
+    batches = _writer_batches(2)
+    writer.write_iteration(_engine(*next(batches)))  # handed to the writer thread: the engine goes on
+    with pytest.raises(OSError, match="No space left"):
+        writer.write_iteration(_engine(*next(batches)))  # waits for the previous image's files first
+
+
+def test_release_outputs_drops_the_iteration_tensors():
+    from glam_bundle.handlers import ReleaseIterationOutputs
+
+    batch, output = next(_writer_batches(1))
+    engine = _engine(batch, output)
+    ReleaseIterationOutputs()(engine)
+    assert engine.state.output is None and engine.state.batch is None

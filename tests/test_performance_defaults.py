@@ -117,6 +117,9 @@ def test_configs_wire_the_documented_defaults():
     assert inference["evaluator"]["precision"] == "@precision"
     assert inference["evaluator"]["inference_mode"] is True
     assert evaluate["validate#evaluator#precision"] == "@precision"
+    # files written beside the next image's network, and each image's tensors dropped once written
+    assert inference["write_in_background"] is True and inference["writer"]["background"] == "@write_in_background"
+    assert inference["handlers"][-1] == {"_target_": "glam_bundle.handlers.ReleaseIterationOutputs"}
 
 
 @pytest.mark.parametrize("setting,flags", [("float32", BF16_CPU), ("auto", BF16_CPU), ("auto", PLAIN_CPU)])
@@ -168,7 +171,12 @@ def test_benchmark_quick_writes_a_valid_report(tmp_path):
         assert row["saliency_max_abs_diff"] >= 0 and row["prediction_max_abs_diff"] >= 0
     assert modes["float32_eager"]["peak_rss_mib"] > 0 and result["network"]["flops"]["total"] > 0
     assert modes["torchscript_float32"]["saliency_max_abs_diff"] < 1e-3  # the exported file computes the same maps
-    e2e = result["end_to_end"]["per_precision"]["float32"]
-    assert e2e["image_s"] > 0 and e2e["network_s"] > 0 and e2e["writing_s"] > 0 and e2e["peak_rss_mib"] > 0
+    e2e = result["end_to_end"]["per_precision"]
+    assert {"float32", "float32_foreground_writer"} <= set(e2e)
+    assert e2e["float32"]["writer"] == "background" and e2e["float32_foreground_writer"]["writer"] == "foreground"
+    for row in e2e.values():
+        assert row["image_s"] > 0 and row["network_s"] > 0 and row["writer_s"] > 0 and row["peak_rss_mib"] > 0
+    # the foreground writer's files are the engine's wait; the writer thread's are (mostly) not
+    assert e2e["float32_foreground_writer"]["writing_s"] >= 0.9 * e2e["float32_foreground_writer"]["writer_s"]
     assert {"cpu", "cpu_flags", "cores_visible", "torch"} <= set(result["machine"])
     assert result["targets"] and "## Targets" in out.with_suffix(".md").read_text()

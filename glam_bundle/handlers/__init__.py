@@ -4,6 +4,7 @@
 - ``metric_handlers``: Dice, image- and dataset-level PxAP and per-class AUC for MONAI evaluators.
 - ``evaluation_report``: :class:`EvaluationReport`, metrics.json, the Table-1 markdown and PR curves.
 - ``inference_writer``: :class:`GLAMInferenceWriter`, predictions.csv, saliency NIfTI and figures.
+- ``release_outputs``: :class:`ReleaseIterationOutputs`, an iteration's tensors dropped once its handlers ran.
 - ``resume``: :class:`ResumeCheckpoint`, the training state at epoch ends, to resume a killed stage.
 - ``checkpoint_saver``: :class:`AtomicCheckpointSaver`, MONAI's ``CheckpointSaver`` writing its files atomically.
 - ``patch_selection``: :class:`PatchSelection`, training stage 2: the local module's patch cache and patch recall.
@@ -24,6 +25,7 @@ from glam_bundle.handlers.metric_handlers import (
     PerClassROCAUC,
     SoftDice,
 )
+from glam_bundle.handlers.release_outputs import ReleaseIterationOutputs
 from glam_bundle.handlers.resume import ResumeCheckpoint, ResumeError
 from glam_bundle.handlers.tensorboard_images import GLAMTensorBoardImages
 
@@ -38,6 +40,7 @@ __all__ = [
     "EvaluationReport",
     "GLAMInferenceWriter",
     "PREDICTION_COLUMNS",
+    "ReleaseIterationOutputs",
     "ResumeCheckpoint",
     "ResumeError",
     "PatchSelection",

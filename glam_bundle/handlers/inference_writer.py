@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import csv
 import logging
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -201,6 +203,11 @@ class GLAMInferenceWriter:
             MetaTensor, "image": the case's preprocessed image}``; ``configs/inference.json`` gives the same
             ``Invertd`` + :class:`~glam_bundle.transforms.SaliencyToLabeld` steps as its MONAI Label
             post-processing (``--write_label true``). Not listed in ``predictions.csv``.
+        background: write each batch's files in a writer thread while the network runs on the next batch
+            (``configs/inference.json``: ``write_in_background``). At most one batch is in flight: the next
+            iteration first waits for it, so memory stays bounded and a write error that stops the run (a full
+            disk) is raised in the engine's thread; the rows keep the input order. The thread finishes its batch
+            before the process exits, also when the engine stops on an error.
     """
 
     def __init__(
@@ -211,8 +218,10 @@ class GLAMInferenceWriter:
         crop_size: Sequence[int] = (512, 512),
         prediction_key: str = "y_global",
         label_transform: Callable[[dict], dict] | None = None,
+        background: bool = False,
     ) -> None:
         self.output_dir = Path(output_dir)
+        self.background = background
         self.label_transform = label_transform
         self.write_saliency = write_saliency
         self.write_figures = write_figures
@@ -224,6 +233,8 @@ class GLAMInferenceWriter:
         self._stems: set[str] = set()
         self._partial: Any = None  # open handle of predictions.csv.partial during a run
         self._writer: Any = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self.reset)
@@ -237,6 +248,7 @@ class GLAMInferenceWriter:
         return self.output_dir / "predictions.csv.partial"
 
     def reset(self, engine: Engine) -> None:
+        self.wait()
         self.num_written, self.num_failed, self.write_failures, self._stems = 0, 0, [], set()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if self._partial is not None:
@@ -291,46 +303,91 @@ class GLAMInferenceWriter:
         output = engine.state.output
         if not output:  # every case of the batch failed to load
             return
+        cases = self._cases(output, engine.state.batch)
+        if not self.background:
+            self._write_cases(cases)
+            return
+        self.wait()  # one batch in flight at most
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="glam-inference-writer")
+            # the one-line error exit (glam_bundle.errors) runs atexit functions, not the thread joins
+            atexit.register(self._finish_quietly)
+        self._pending = self._executor.submit(self._write_cases, cases)
+
+    def wait(self) -> None:
+        """Wait for the batch the writer thread is writing, raising the error that stopped it (a full disk)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def _finish_quietly(self) -> None:
+        """At exit after an error: let the writer thread finish its batch (its error, if any, is already moot)."""
+        try:
+            self.wait()
+        except Exception:  # noqa: BLE001 - the run is ending on another error
+            pass
+
+    def _cases(self, output: Mapping, batch: Mapping) -> list[dict[str, Any]]:
+        """What the files of each case of the batch are made from, on the CPU (taken in the engine's thread, so
+        that the writer thread never touches the engine's state)."""
         pred = output["pred"]
-        batch = engine.state.batch
         predictions = pred[self.prediction_key].detach().float().cpu().numpy()
+        size = len(predictions)
         labels = output.get("label")
         labels = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.full_like(predictions, -1)
-        paths = _image_paths(batch, len(predictions))
-        for i, path in enumerate(paths):
+        cases = []
+        for i, path in enumerate(_image_paths(batch, size)):
+            name = _batch_entry(batch.get(OUTPUT_NAME_KEY), i, size)
+            case = {
+                "path": path,
+                "name": str(name) if isinstance(name, str) and name else None,
+                "prediction": predictions[i],
+                "label": labels[i],
+                "locations": pred["patch_locations"][i].detach().cpu().numpy(),
+                "meta": {key: _case_value(batch, key, i, size) for key in META_COLUMNS},
+            }
+            if self.write_saliency or self.write_figures or self.label_transform is not None:
+                case["saliency"] = pred["saliency"][i].detach().float().cpu()
+            if self.write_figures:
+                if "mask" in batch and "has_mask" in batch and bool(batch["has_mask"][i].any()):
+                    case["mask"] = batch["mask"][i].detach().cpu().numpy()
+                case["image"] = batch["image"][i, 0].detach().float().cpu().numpy()
+                case["maps"] = {key: pred[key][i].detach().float().cpu().numpy()
+                                for key in ("saliency_global", "saliency_local") if key in pred}
+            if self.label_transform is not None:
+                # indexing a batched MetaTensor gives the case's own meta and applied_operations (what Invertd undoes)
+                case["label_item"] = {"image": batch["image"][i].detach().cpu()}
+                if "breast_mask" in batch:  # kept by the chain with mask_saliency_to_breast
+                    case["label_item"]["breast_mask"] = batch["breast_mask"][i].detach().cpu()
+            cases.append(case)
+        return cases
+
+    def _write_cases(self, cases: list[dict[str, Any]]) -> None:
+        for case in cases:
             try:
-                self._write_case(i, path, pred, batch, predictions[i], labels[i])
+                self._write_case(case)
             except Exception as error:  # keep the batch job going; report the case
                 if is_disk_full(error):  # every later case would fail the same way: stop with the disk's message
                     raise
-                logger.exception("could not write outputs for %s", path)
-                self.write_failures.append({"image": path, "error": f"writing outputs failed: {error}"})
+                logger.exception("could not write outputs for %s", case["path"])
+                self.write_failures.append({"image": case["path"], "error": f"writing outputs failed: {error}"})
         self._partial.flush()
 
-    def _write_case(self, i: int, path: str, pred: Mapping, batch: Mapping, prediction: np.ndarray, label: np.ndarray) -> None:
-        size = len(pred[self.prediction_key])
-        name = _batch_entry(batch.get(OUTPUT_NAME_KEY), i, size)
-        stem = self._unique_stem(path, str(name) if isinstance(name, str) and name else None)
+    def _write_case(self, case: Mapping[str, Any]) -> None:
+        path, prediction, label, locations = case["path"], case["prediction"], case["label"], case["locations"]
+        stem = self._unique_stem(path, case["name"])
         saliency_file = f"{stem}_saliency.nii.gz" if self.write_saliency else ""
         figure_file = f"{stem}_figure.png" if self.write_figures else ""
-        locations = pred["patch_locations"][i].detach().cpu().numpy()
-        if self.write_saliency or self.write_figures:
-            saliency = pred["saliency"][i].detach().float().cpu().numpy()
         if self.write_saliency:
             with atomic_output(self.output_dir / saliency_file) as tmp:
-                nib.save(nib.Nifti1Image(saliency.astype(np.float32), np.eye(4)), tmp)
+                nib.save(nib.Nifti1Image(case["saliency"].numpy().astype(np.float32, copy=False), np.eye(4)), tmp)
         if self.label_transform is not None:
-            self._write_label(stem, pred["saliency"][i], batch, i)
+            self._write_label(stem, case["saliency"], case["label_item"])
         if self.write_figures:
-            mask = None
-            if "mask" in batch and "has_mask" in batch and bool(batch["has_mask"][i].any()):
-                mask = batch["mask"][i].detach().cpu().numpy()
-            image = batch["image"][i, 0].detach().float().cpu().numpy()
-            maps = {key: pred[key][i].detach().float().cpu().numpy()
-                    for key in ("saliency_global", "saliency_local") if key in pred}
-            save_glam_figure(self.output_dir / figure_file, image, saliency, locations, self.crop_size,
-                             mask=mask, title=Path(path).name, predictions={self.prediction_key: prediction.tolist()},
-                             labels=label.tolist(), **maps)
+            save_glam_figure(self.output_dir / figure_file, case["image"], case["saliency"].numpy(), locations,
+                             self.crop_size, mask=case.get("mask"), title=Path(path).name,
+                             predictions={self.prediction_key: prediction.tolist()}, labels=label.tolist(),
+                             **case["maps"])
         self.num_written += 1
         self._writer.writerow({
             "image": path,
@@ -341,20 +398,17 @@ class GLAMInferenceWriter:
             "patch_locations": ";".join(f"{int(r)} {int(c)}" for r, c in locations.reshape(-1, 2)),
             "saliency_file": saliency_file,
             "figure_file": figure_file,
-            **{key: _case_value(batch, key, i, size) for key in META_COLUMNS},
+            **case["meta"],
         })
 
-    def _write_label(self, stem: str, saliency: torch.Tensor, batch: Mapping, i: int) -> None:
-        """``<stem>_label.png``: case ``i``'s S_c (2, H, W) as a label map on its input image's pixels."""
-        # indexing a batched MetaTensor gives the case's own meta and applied_operations (what Invertd undoes)
-        item = {"pred": MetaTensor(saliency.detach().float().cpu()), "image": batch["image"][i].detach()}
-        if "breast_mask" in batch:  # kept by the chain with mask_saliency_to_breast
-            item["breast_mask"] = batch["breast_mask"][i].detach().cpu()
-        item = self.label_transform(item)
+    def _write_label(self, stem: str, saliency: torch.Tensor, item: Mapping[str, Any]) -> None:
+        """``<stem>_label.png``: the case's S_c (2, H, W) as a label map on its input image's pixels."""
+        item = self.label_transform({**item, "pred": MetaTensor(saliency)})
         label = np.asarray(item["pred"])
         save_png_atomic(label[0].astype(np.uint8), self.output_dir / f"{stem}_label.png")
 
     def write_failures_file(self, engine: Engine) -> None:
+        self.wait()
         failures = [*getattr(engine.state, "failures", []), *self.write_failures]
         self._partial.close()
         self._partial = None

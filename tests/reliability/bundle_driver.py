@@ -122,6 +122,7 @@ def install_hang() -> None:
 
     def write_then_hang(self, engine):
         original(self, engine)
+        self.wait()  # "after image N": its files and row are written (also by the background writer thread)
         if engine.state.output:
             count[0] += 1
         if count[0] >= int(after):
