@@ -266,9 +266,9 @@ def memory_child(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(result))
 
 
-def run_child(argv: list[str], timeout: float = 1800, env: dict[str, str] | None = None) -> dict:
+def run_child(argv: list[str], timeout: float = 1800) -> dict:
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), *argv], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO_ROOT, env={**os.environ, **(env or {})})
+                          timeout=timeout, cwd=REPO_ROOT)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"child {argv} failed ({proc.returncode}): {proc.stderr[-3000:]}")
@@ -384,7 +384,7 @@ def e2e_child(args: argparse.Namespace) -> None:
         "output_dir": args.e2e_out,
         "ckpt_path": args.weights,
         "precision": args.e2e_child,
-        "write_in_background": args.e2e_writer == "background",
+        **({} if args.e2e_writer == "config" else {"write_in_background": args.e2e_writer == "background"}),
         "image_size": settings["image_size"],
         "crop_size": settings["crop_size"],
         **{f"network_def#{k}": v for k, v in settings["network_args"].items()},
@@ -396,6 +396,7 @@ def e2e_child(args: argparse.Namespace) -> None:
     parser = workflow.parser
     evaluator = parser.get_parsed_content("evaluator")
     writer = parser.get_parsed_content("writer")
+    writer_mode = "background" if writer.background else "foreground"
     writer_s: list[float] = []  # the time of each batch's files, in whichever thread writes them
     write_cases = writer._write_cases
 
@@ -444,26 +445,19 @@ def e2e_child(args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         load(dict(item))
         reading.append(time.perf_counter() - t0)
-    print("RESULT " + json.dumps({"precision": args.e2e_child, "writer": args.e2e_writer, "total_s": total,
+    print("RESULT " + json.dumps({"precision": args.e2e_child, "writer": writer_mode, "total_s": total,
                                   "per_image": per_image, "reading_s": reading, "peak_rss_mib": peak_rss_mib(),
                                   "resolved": resolve_precision("cpu", args.e2e_child)}))
 
 
-# glibc returns allocations of at least this size to the system when they are freed (a fixed threshold instead of
-# the dynamic one that grows to 32 MB and keeps freed feature maps in the heap): less memory, more page faults.
-LEAN_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(16 * 2**20)}
-
-
-def e2e_variants(config_precision: str) -> dict[str, tuple[str, str, dict[str, str]]]:
-    """End-to-end runs: name -> (precision, writer, extra environment). The config's default (writer thread) in
-    float32; the same with the files written in the engine's thread (what the writer thread saves); the default with
-    ``LEAN_MALLOC_ENV`` (what a fixed allocator threshold saves in memory and costs in time); bfloat16 where the CPU
-    has it."""
-    variants = {"float32": ("float32", "background", {}), "float32_foreground_writer": ("float32", "foreground", {}),
-                "float32_lean_malloc": ("float32", "background", LEAN_MALLOC_ENV)}
+def e2e_variants(config_precision: str) -> dict[str, tuple[str, str]]:
+    """End-to-end runs: name -> (precision, writer). The config's defaults in float32 (writer "config": as
+    ``write_in_background`` resolves on this machine: the engine's thread on a CPU), the same with the writer thread
+    forced on, and bfloat16 where the CPU has it."""
+    variants = {"float32": ("float32", "config"), "float32_writer_thread": ("float32", "background")}
     if resolve_precision("cpu", "auto") == "bfloat16":
-        variants["bfloat16"] = ("bfloat16", "background", {})
-    variants.setdefault(config_precision, (config_precision, "background", {}))
+        variants["bfloat16"] = ("bfloat16", "config")
+    variants.setdefault(config_precision, (config_precision, "config"))
     return variants
 
 
@@ -494,12 +488,12 @@ def e2e_benchmark(args: argparse.Namespace, settings: dict, variants: dict[str, 
     names = list(variants)
     for round_index in range(args.e2e_rounds):
         for name in names if round_index % 2 == 0 else names[::-1]:
-            precision, writer, env = variants[name]
+            precision, writer = variants[name]
             out = tmp / f"e2e_{name}_{round_index}"
             argv = ["--e2e_child", precision, "--e2e_writer", writer, "--images", str(images), "--e2e_out", str(out),
                     "--weights", weights]
             argv += (["--quick"] if args.quick else []) + (["--threads", str(args.threads)] if args.threads else [])
-            result = run_child(argv, env=env)
+            result = run_child(argv)
             runs[name].append(result)
             log(f"end to end {name} round {round_index + 1}: {result['total_s']:.1f} s, "
                 f"{len(result['per_image'])} images, peak RSS {result['peak_rss_mib']:.0f} MiB")
@@ -511,7 +505,8 @@ def e2e_benchmark(args: argparse.Namespace, settings: dict, variants: dict[str, 
             image for r in results for image in r["per_image"]]
         row = {key: statistics.median(i[key] for i in images_timed)
                for key in ("image_s", "data_s", "network_s", "postprocessing_s", "writing_s", "writer_s")}
-        row["precision"], row["writer"], row["environment"] = variants[name]
+        row["precision"] = variants[name][0]
+        row["writer"] = results[0]["writer"]
         # the whole run (first image included) per image: what a batch job sees
         row["run_s_per_image"] = statistics.median(r["total_s"] / max(len(r["per_image"]), 1) for r in results)
         row["reading_s"] = statistics.median(t for r in results for t in r["reading_s"])
@@ -646,10 +641,10 @@ def markdown(result: dict) -> str:
             f"## End to end: configs/inference.json ({e2e['images']}; one process per run, "
             f"{result['settings']['e2e_rounds']} alternating runs per variant; the first image of each run is its warm-up)",
             "",
-            "| variant | precision | writer | environment | per image (s) | whole run per image (s) | reading | "
+            "| variant | precision | writer | per image (s) | whole run per image (s) | reading | "
             "preprocessing | network | postprocessing | engine waits for the writer | writing (NIfTI, figure, CSV row) | "
             "peak RSS (MiB) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, row in e2e["per_precision"].items():
             total = row["image_s"]
@@ -661,8 +656,7 @@ def markdown(result: dict) -> str:
             written = f"{row['writer_s']:.2f} s" if "writer_s" in row else "-"
             if writer == "background":
                 written += " (in the writer thread, beside the next image's network)"
-            environment = " ".join(f"`{k}={v}`" for k, v in row.get("environment", {}).items()) or "-"
-            lines.append(f"| {name} | {row.get('precision', name)} | {writer} | {environment} | {total:.2f} | "
+            lines.append(f"| {name} | {row.get('precision', name)} | {writer} | {total:.2f} | "
                          f"{row.get('run_s_per_image', float('nan')):.2f} | {share('reading_s')} | "
                          f"{share('preprocessing_s')} | {share('network_s')} | {share('postprocessing_s')} | "
                          f"{share('writing_s')} | {written} | {row['peak_rss_mib']:.0f} |")
@@ -670,8 +664,8 @@ def markdown(result: dict) -> str:
                   "minus reading. \"Engine waits for the writer\" is the engine's time from the network's output to "
                   "the end of the iteration: the whole writing with the foreground writer, the hand-over (and any wait "
                   "for the previous image's files) with the writer thread (`write_in_background`, the default), whose "
-                  "own writing time is the next column. On 2 cores the writer thread and the network share the CPU, so "
-                  "the gain is smaller than the writing time.", ""]
+                  "own writing time is the next column. The config writes in the thread on a GPU and in the engine's thread "
+                  "on a CPU, where the writer and the network share the cores (docs/performance.md).", ""]
     lines += ["## Targets (issue 14)", "", "| target | measured | met |", "|---|---|---|"]
     for row in result["targets"]:
         lines.append(f"| {row['target']} | {row['measured']} | {'yes' if row['met'] else 'no'} |")
@@ -730,7 +724,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--memory_child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--scripted", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--e2e_child", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--e2e_writer", default="background", help=argparse.SUPPRESS)
+    parser.add_argument("--e2e_writer", default="config", help=argparse.SUPPRESS)
     parser.add_argument("--images", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--e2e_out", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--render", default=None, help="re-write OUT.md (and the ratios and targets of OUT.json) "

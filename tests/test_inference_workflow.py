@@ -32,7 +32,8 @@ def run_workflow(**override):
     workflow.finalize()
 
 
-def test_synthetic_images_with_bad_cases(tmp_path):
+@pytest.mark.parametrize("background", [False, True], ids=["engine_thread", "writer_thread"])
+def test_synthetic_images_with_bad_cases(tmp_path, background):
     datalist_path = generate_dataset(tmp_path / "data", n_images=4, height=736, width=480, seed=1)
     datalist = json.loads(datalist_path.read_text())
     items = [item for split in datalist.values() for item in split]
@@ -43,7 +44,8 @@ def test_synthetic_images_with_bad_cases(tmp_path):
     items += [{"image": "bad/truncated.png"}, {"image": "bad/rgb.png"}, {"image": "bad/missing.png"}]
     (tmp_path / "data" / "all.json").write_text(json.dumps({"test": items}))
     out = tmp_path / "out"
-    run_workflow(dataset_dir=str(tmp_path / "data"), datalist=str(tmp_path / "data" / "all.json"), output_dir=str(out), **SMALL_NETWORK_OVERRIDES)
+    run_workflow(dataset_dir=str(tmp_path / "data"), datalist=str(tmp_path / "data" / "all.json"), output_dir=str(out),
+                 write_in_background=background, **SMALL_NETWORK_OVERRIDES)
 
     rows = read_csv(out / "predictions.csv")
     assert [r["image"].split("/")[-1] for r in rows] == [i["image"].split("/")[-1] for i in items[:4]]
