@@ -637,9 +637,11 @@ def markdown(result: dict) -> str:
               "Per-round latencies (s) are in the JSON (`network.modes.<mode>.latency_all_s`).", ""]
     e2e = result.get("end_to_end")
     if e2e:
+        rerun = f" Measured again by `{e2e['command']}` ({e2e['date']})." if "command" in e2e else ""
         lines += [
             f"## End to end: configs/inference.json ({e2e['images']}; one process per run, "
-            f"{result['settings']['e2e_rounds']} alternating runs per variant; the first image of each run is its warm-up)",
+            f"{result['settings']['e2e_rounds']} alternating runs per variant; the first image of each run is its "
+            f"warm-up).{rerun}",
             "",
             "| variant | precision | writer | per image (s) | whole run per image (s) | reading | "
             "preprocessing | network | postprocessing | engine waits for the writer | writing (NIfTI, figure, CSV row) | "
@@ -663,7 +665,7 @@ def markdown(result: dict) -> str:
         lines += ["", "Reading is the config's `load_transforms` timed alone; preprocessing is the loader's time "
                   "minus reading. \"Engine waits for the writer\" is the engine's time from the network's output to "
                   "the end of the iteration: the whole writing with the foreground writer, the hand-over (and any wait "
-                  "for the previous image's files) with the writer thread (`write_in_background`, the default), whose "
+                  "for the previous image's files) with the writer thread (`write_in_background`), whose "
                   "own writing time is the next column. The config writes in the thread on a GPU and in the engine's thread "
                   "on a CPU, where the writer and the network share the cores (docs/performance.md).", ""]
     lines += ["## Targets (issue 14)", "", "| target | measured | met |", "|---|---|---|"]
@@ -703,6 +705,28 @@ def write_report(result: dict, out: str | Path, render: Callable[[dict], str], l
     return out
 
 
+def rerun_end_to_end(args: argparse.Namespace, argv: list[str] | None) -> dict:
+    """The end-to-end part of an earlier report measured again (``--e2e_only``): its network rows are kept, the
+    end-to-end rows and the targets replaced; the report names both commands and dates."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = json.loads(Path(args.e2e_only).read_text())
+    settings = dict(QUICK if result["settings"].get("preset") == "quick" else PAPER)
+    args.quick = settings["preset"] == "quick"
+    args.e2e_rounds = args.e2e_rounds or result["settings"]["e2e_rounds"]
+    args.e2e_copies = args.e2e_copies or result["settings"]["e2e_copies"]
+    result["settings"].update(e2e_rounds=args.e2e_rounds, e2e_copies=args.e2e_copies)
+    log = timed_log(time.perf_counter())
+    with tempfile.TemporaryDirectory(prefix="glam_bench_") as tmp:
+        args.tmp = tmp
+        result["end_to_end"] = e2e_benchmark(args, settings, e2e_variants(result["config_precision"]), log)
+    result["end_to_end"].update({key: value for key, value in report_header("benchmark_inference.py", argv).items()
+                                 if key in ("command", "date")})
+    result["targets"] = targets(result)
+    write_report(result, args.out, markdown, log)
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict | None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -727,6 +751,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--e2e_writer", default="config", help=argparse.SUPPRESS)
     parser.add_argument("--images", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--e2e_out", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--e2e_only", default=None, metavar="JSON",
+                        help="re-measure only the end-to-end runs into this earlier report (its network rows kept) "
+                             "and write OUT.json/.md")
     parser.add_argument("--render", default=None, help="re-write OUT.md (and the ratios and targets of OUT.json) "
                         "from this JSON of an earlier run, measuring nothing")
     args = parser.parse_args(argv)
@@ -739,6 +766,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.memory_child:
         memory_child(args)
         return None
+    if args.e2e_only:
+        return rerun_end_to_end(args, argv)
     if args.e2e_child:
         e2e_child(args)
         return None

@@ -113,12 +113,14 @@ def main(argv: list[str] | None = None) -> dict:
     missing = network.load_state_dict(state.get("model", state), strict=False).missing_keys
     if any(not key.startswith(("aggregation.", "fusion.")) for key in missing):
         raise SystemExit(f"error: {args.ckpt} lacks map parameters: {missing[:5]} ...")
-    evaluator = config.get_parsed_content("validate#evaluator")
+    prepare_batch = config.get_parsed_content("validate#evaluator#prepare_batch")
     crop_size = tuple(int(v) for v in config.get_parsed_content("crop_size"))
     rows = []
     with torch.inference_mode():
         for batch in config.get_parsed_content("validate#dataloader"):
-            image, _, _, keywords = evaluator.prepare_batch(batch, "cpu")
+            if "image" not in batch:  # every case of the batch failed to load (listed by the evaluation)
+                continue
+            image, _, _, keywords = prepare_batch(batch, "cpu")
             rows += case_rows(network(image, **keywords), batch, crop_size)
     result = {"checkpoint": args.ckpt, "overrides": args.set, "summary": summary(rows), "rows": rows}
     print(json.dumps(result["summary"], indent=1))

@@ -348,3 +348,26 @@ def test_report_rejects_incomplete_maps(tmp_path):
     with pytest.raises(TypeError, match="DatasetLevelPxAP"):
         EvaluationReport(tmp_path, {"S_g": {"dice": SoftDice(), "image_pxap": ImageLevelPxAP(),
                                             "dataset_pxap": ImageLevelPxAP()}})  # fmt: skip
+
+
+def test_map_breakdown_script_agrees_with_the_report(trained, evaluated, tmp_path):
+    """scripts/map_breakdown.py: per image and class the Dice of each map and whether the patch holds the lesion;
+    its means are the evaluation report's."""
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    import map_breakdown
+
+    sets = [f"{key}={json.dumps(value)}" for key, value in trained["override"].items() if key != "dataset_dir"]
+    args = ["--dataset_dir", trained["override"]["dataset_dir"], "--ckpt", str(trained["checkpoint"]),
+            "--out", str(tmp_path / "breakdown.json")] + [arg for s in sets for arg in ("--set", s)]
+    result = map_breakdown.main(args)
+    assert json.loads((tmp_path / "breakdown.json").read_text())["summary"] == result["summary"]
+    reported = evaluated["metrics"]["localisation"]
+    for name in CLASSES:
+        entry = result["summary"][name]
+        assert entry["images"] == reported["S_c"]["dice"][name]["count"] > 0
+        for label in MAPS:
+            assert entry[label] == pytest.approx(reported[label]["dice"][name]["mean"], abs=1e-5)
+        assert entry["patch_holds_lesion"] + sum(
+            1 for row in result["rows"] if row["class"] == name and row["patch_covers"] <= map_breakdown.HIT
+        ) == entry["images"]
+    assert all(0 <= row["patch_covers"] <= 1 and 0 <= row["S_l_in_lesion"] <= 1 for row in result["rows"])

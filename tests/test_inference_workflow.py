@@ -163,3 +163,16 @@ def test_release_outputs_drops_the_iteration_tensors():
     engine = _engine(batch, output)
     ReleaseIterationOutputs()(engine)
     assert engine.state.output is None and engine.state.batch is None
+
+
+def test_release_outputs_trims_the_heap_where_glibc_has_it(monkeypatch):
+    from glam_bundle.handlers import ReleaseIterationOutputs
+
+    calls = []
+    handler = ReleaseIterationOutputs()
+    if handler.trim is None:
+        pytest.skip("no glibc malloc_trim here")
+    monkeypatch.setattr(handler, "trim", calls.append)
+    handler(_engine(*next(_writer_batches(1))))
+    assert calls == [0]
+    assert ReleaseIterationOutputs(trim_heap=False).trim is None
