@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dataset_dir", required=True, help="folder with datalist.json (scripts/make_phantoms.py)")
     parser.add_argument("--ckpt", required=True, help="GLAM checkpoint (any stage)")
     parser.add_argument("--presets", nargs="*", default=[], help="config presets merged after the base configs")
+    parser.add_argument("--split", default="test", help="datalist split to score (tune on 'validation', report 'test')")
     parser.add_argument("--cache_dir", default=None, help="preprocessing cache (default: none)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (JSON value)")
     parser.add_argument("--out", default=None, help="JSON file for the rows and the summary")
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     config.read_config([str(REPO_ROOT / "configs" / f) for f in ("train_global.json", "evaluate.json")] + args.presets)
     config.update({"bundle_root": str(REPO_ROOT), "dataset_dir": args.dataset_dir, "cache": "none" if not args.cache_dir
                    else "disk", **({"cache_dir": args.cache_dir} if args.cache_dir else {})})
+    config["validate#dataset#dataset#data"] = f"$glam_bundle.data.datalist.load_datalist(@datalist, {args.split!r})"
     for item in args.set:
         key, _, value = item.partition("=")
         config[key] = json.loads(value)
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
             image, _, _, keywords = prepare_batch(batch, "cpu")
             rows += case_rows(network(image, **keywords), batch, crop_size)
-    result = {"checkpoint": args.ckpt, "overrides": args.set, "summary": summary(rows), "rows": rows}
+    result = {"checkpoint": args.ckpt, "split": args.split, "overrides": args.set, "summary": summary(rows), "rows": rows}
     print(json.dumps(result["summary"], indent=1))
     if args.out:
         with atomic_output(args.out) as tmp:
