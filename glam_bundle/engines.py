@@ -13,7 +13,13 @@ from torch.utils.data import DistributedSampler
 
 from glam_bundle.constants import FAILURES_KEY
 from glam_bundle.data.samplers import seed_epoch
-from glam_bundle.precision import AutocastInferer, describe, resolve_autocast
+from glam_bundle.precision import (
+    AutocastInferer,
+    describe,
+    resolve_autocast,
+    resolve_channels_last,
+    to_channels_last,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +71,8 @@ class GLAMEvaluator(SkipFailedCasesMixin, SupervisedEvaluator):
             floating-point outputs are returned in float32; MONAI's ``amp`` is then ignored.
         inference_mode: run the iteration (batch preparation, network, postprocessing) under
             ``torch.inference_mode`` rather than only ``torch.no_grad`` (default True).
+        channels_last: run the network with its weights and input in ``torch.channels_last``: True, False or
+            "auto" (default: with reduced precision only, where it helps; ``glam_bundle.precision``).
         *args, **kwargs: those of ``SupervisedEvaluator``.
     """
 
@@ -74,6 +82,7 @@ class GLAMEvaluator(SkipFailedCasesMixin, SupervisedEvaluator):
         output_batch_keys: Sequence[str] = (),
         precision: str = "float32",
         inference_mode: bool = True,
+        channels_last: bool | str = "auto",
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -81,10 +90,15 @@ class GLAMEvaluator(SkipFailedCasesMixin, SupervisedEvaluator):
         self.precision = str(precision)
         self.inference_mode = bool(inference_mode)
         self.autocast = resolve_autocast(self.state.device, self.precision)
-        if self.autocast["enabled"]:
-            self.amp = False  # our autocast replaces MONAI's CUDA-only one
-            self.inferer = AutocastInferer(self.inferer, self.autocast)
+        self.channels_last = resolve_channels_last(self.state.device, self.precision, channels_last)
+        if self.channels_last:
+            to_channels_last(self.network)
+        if self.autocast["enabled"] or self.channels_last:
+            self.amp = self.amp and not self.autocast["enabled"]  # our autocast replaces MONAI's CUDA-only one
+            self.inferer = AutocastInferer(self.inferer, self.autocast, channels_last=self.channels_last)
         self._precision_note = describe(self.state.device, self.precision)
+        if self.channels_last:
+            self._precision_note += ", channels_last"
         self.add_event_handler(Events.STARTED, self._log_precision)
 
     def _log_precision(self, engine: Engine) -> None:

@@ -60,7 +60,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # run from anywhere without installing
 
 from glam_bundle.atomic_io import write_text_atomic  # noqa: E402
-from glam_bundle.precision import cpu_capabilities, resolve_precision  # noqa: E402
+from glam_bundle.precision import cpu_capabilities, resolve_precision, to_channels_last  # noqa: E402
 
 SHARED = REPO_ROOT.parent / "shared"
 ORIGINAL_CKPT = SHARED / "reference" / "original_checkpoint" / "random_init_seed0.ckpt"
@@ -136,17 +136,8 @@ def make_input(settings: dict, batch: int = 1) -> tuple[torch.Tensor, str]:
 
 
 def channels_last(network: torch.nn.Module) -> torch.nn.Module:
-    """A copy of ``network`` with every 4-D parameter and buffer in ``torch.channels_last`` (``Module.to`` refuses
-    the 5-D gammas buffer)."""
-    network = copy.deepcopy(network)
-    for module in network.modules():
-        for name, param in list(module.named_parameters(recurse=False)):
-            if param.ndim == 4:
-                param.data = param.data.contiguous(memory_format=torch.channels_last)
-        for name, buf in list(module.named_buffers(recurse=False)):
-            if buf is not None and buf.ndim == 4:
-                setattr(module, name, buf.contiguous(memory_format=torch.channels_last))
-    return network
+    """A copy of ``network`` in ``torch.channels_last`` (what the evaluator runs with reduced precision)."""
+    return to_channels_last(copy.deepcopy(network))
 
 
 def trace_export(network: torch.nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
@@ -560,7 +551,7 @@ def config_precision() -> str:
 
 def default_mode(precision: str) -> str:
     """The network mode that the inference config's default ``precision`` amounts to on this machine's CPU."""
-    return {"float32": "float32_inference_mode", "bfloat16": "bfloat16_autocast"}[resolve_precision("cpu", precision)]
+    return {"float32": "float32_inference_mode", "bfloat16": "bfloat16_channels_last"}[resolve_precision("cpu", precision)]
 
 
 def targets(result: dict) -> list[dict[str, Any]]:

@@ -37,11 +37,14 @@ class SpyNetwork(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.conv = nn.Conv2d(1, 2, 1)
+        self.conv = nn.Conv2d(2, 2, 3, padding=1)  # 2 channels: channels_last differs from contiguous
         self.seen = []
 
     def forward(self, x, **kwargs):
         self.seen.append({
+            "channels_last_input": x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(),
+            "channels_last_weights": self.conv.weight.is_contiguous(memory_format=torch.channels_last)
+            and not self.conv.weight.is_contiguous(),
             "inference_mode": torch.is_inference_mode_enabled(),
             "grad": torch.is_grad_enabled(),
             "autocast": torch.is_autocast_enabled("cpu"),
@@ -53,7 +56,7 @@ class SpyNetwork(nn.Module):
 
 def run_spy_evaluator(**kwargs):
     network = SpyNetwork()
-    evaluator = GLAMEvaluator(device=torch.device("cpu"), val_data_loader=[{"image": torch.randn(1, 1, 8, 8)}],
+    evaluator = GLAMEvaluator(device=torch.device("cpu"), val_data_loader=[{"image": torch.randn(1, 2, 8, 8)}],
                               network=network, decollate=False, **kwargs)
     evaluator.run()
     return network.seen, evaluator
@@ -99,6 +102,37 @@ def test_evaluator_runs_under_inference_mode_and_the_resolved_autocast(cpu_flags
     assert pred["saliency"].dtype == torch.float32 and pred["y_global"].dtype == torch.float32
 
 
+@pytest.mark.parametrize("setting,channels_last", [("float32", False), ("bfloat16", True), ("auto", True)])
+def test_evaluator_uses_channels_last_with_reduced_precision(cpu_flags, setting, channels_last):
+    """channels_last "auto": on with bfloat16 (where it was measured to help), off in float32; input and weights."""
+    cpu_flags(BF16_CPU)
+    seen, evaluator = run_spy_evaluator(precision=setting)
+    assert evaluator.channels_last is channels_last
+    assert seen[0]["channels_last_input"] is channels_last
+    assert seen[0]["channels_last_weights"] is channels_last
+    seen, evaluator = run_spy_evaluator(precision="bfloat16", channels_last=False)
+    assert evaluator.channels_last is False and seen[0]["channels_last_input"] is False
+    with pytest.raises(ValueError, match="channels_last"):
+        run_spy_evaluator(channels_last="sometimes")
+
+
+def test_channels_last_gives_the_same_glam_outputs():
+    """The layout changes the order of the sums only: GLAM's outputs in float32 agree to rounding."""
+    from glam_bundle.networks import GLAM
+    from glam_bundle.precision import to_channels_last
+
+    torch.manual_seed(0)
+    network = GLAM(crop_size=(64, 64), global_channels=(4, 8, 8, 8, 8), global_blocks_per_stage=1,
+                   local_layers=(1, 1, 1, 1), local_channels=(8, 8, 8, 16)).eval()
+    x = torch.rand(1, 1, 368, 240)
+    with torch.inference_mode():
+        expected = network(x)
+        out = to_channels_last(network)(x.contiguous(memory_format=torch.channels_last))
+    assert torch.equal(out["patch_locations"], expected["patch_locations"])
+    for key in ("saliency", "y_global"):
+        assert torch.allclose(out[key], expected[key], atol=1e-5), key
+
+
 def test_evaluator_defaults_float32_and_inference_mode_switchable(cpu_flags):
     cpu_flags(BF16_CPU)
     seen, evaluator = run_spy_evaluator()
@@ -118,6 +152,9 @@ def test_configs_wire_the_documented_defaults():
     assert inference["evaluator"]["precision"] == "@precision"
     assert inference["evaluator"]["inference_mode"] is True
     assert evaluate["validate#evaluator#precision"] == "@precision"
+    # channels_last with reduced precision (resolved by the evaluator)
+    assert inference["channels_last"] == "auto" and inference["evaluator"]["channels_last"] == "@channels_last"
+    assert evaluate["channels_last"] == "auto" and evaluate["validate#evaluator#channels_last"] == "@channels_last"
     # files written beside the next image's network, and each image's tensors dropped once written
     assert inference["writer"]["background"] == "@write_in_background"
     assert ConfigParser(inference).get_parsed_content("write_in_background") is torch.cuda.is_available()
