@@ -6,6 +6,8 @@ Every module takes these from here; configs repeat only the sizes a user may ove
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 __all__ = [
     "CLASS_NAMES",
     "VIEWS",
@@ -28,6 +30,7 @@ __all__ = [
     "LISTED_IMAGE_SUFFIXES",
     "MAX_IMAGE_PIXELS",
     "MAX_IMAGE_BYTES",
+    "TINY_NETWORK",
 ]
 
 # Image-level classes in channel order: label (N, 2), saliency maps (N, 2, H, W), masks (N, 2, H, W).
@@ -76,3 +79,13 @@ LISTED_IMAGE_SUFFIXES: tuple[str, ...] = PIL_SUFFIXES + DICOM_SUFFIXES + NIFTI_S
 # under 8,000x8,000 pixels at 16 bits (64 Mpixel, 128 MB decoded); a file declaring more is refused by name.
 MAX_IMAGE_PIXELS: int = 8000 * 8000
 MAX_IMAGE_BYTES: int = 8000 * 8000 * 2
+
+# GLAM keyword arguments of the narrowest network the tests and the benchmarks' smoke presets build (a few thousand
+# parameters): not a model to train, one that runs every code path in seconds. Config overrides:
+# {f"network_def#{k}": v for k, v in TINY_NETWORK.items()}.
+TINY_NETWORK = MappingProxyType({
+    "global_channels": (4, 8, 8, 8, 8),
+    "global_blocks_per_stage": 1,
+    "local_layers": (1, 1, 1, 1),
+    "local_channels": (8, 8, 8, 16),
+})

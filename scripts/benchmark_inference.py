@@ -60,6 +60,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # run from anywhere without installing
 
 from glam_bundle.atomic_io import write_text_atomic  # noqa: E402
+from glam_bundle.constants import TINY_NETWORK  # noqa: E402
 from glam_bundle.precision import cpu_capabilities, resolve_precision, to_channels_last  # noqa: E402
 
 SHARED = REPO_ROOT.parent / "shared"
@@ -79,12 +80,7 @@ QUICK = {
     "preset": "quick",
     "image_size": [736, 480],
     "crop_size": [128, 128],
-    "network_args": {
-        "global_channels": [4, 8, 8, 8, 8],
-        "global_blocks_per_stage": 1,
-        "local_layers": [1, 1, 1, 1],
-        "local_channels": [8, 8, 8, 16],
-    },
+    "network_args": dict(TINY_NETWORK),
 }
 
 REFERENCE = "float32_eager"

@@ -68,6 +68,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # run from anywhere without installing
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
+from glam_bundle.constants import TINY_NETWORK  # noqa: E402
 from benchmark_inference import (  # noqa: E402
     current_rss_mib, peak_rss_mib, report_header, timed_log, write_report,
 )
@@ -98,10 +99,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "geometry_scale": 0.0625,
             "max_crop_noise": [6, 6],
             "max_crop_size_noise": 6,
-            "network_def#global_channels": [4, 8, 8, 8, 8],
-            "network_def#global_blocks_per_stage": 1,
-            "network_def#local_layers": [1, 1, 1, 1],
-            "network_def#local_channels": [8, 8, 8, 16],
+            **{f"network_def#{k}": v for k, v in TINY_NETWORK.items()},
             "batch_size": 2,
         },
         "image_size": [184, 120],

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from glam_bundle.constants import TINY_NETWORK
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
 NYU_SAMPLE = SHARED / "data" / "nyu_sample"
@@ -18,10 +20,7 @@ SMALL_NETWORK_OVERRIDES = {
     "image_size": [736, 480],
     "crop_size": [128, 128],
     "num_workers": 0,
-    "network_def#global_channels": [4, 8, 8, 8, 8],
-    "network_def#global_blocks_per_stage": 1,
-    "network_def#local_layers": [1, 1, 1, 1],
-    "network_def#local_channels": [8, 8, 8, 16],
+    **{f"network_def#{k}": v for k, v in TINY_NETWORK.items()},
 }
 
 

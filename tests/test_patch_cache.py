@@ -13,6 +13,7 @@ from monai.data import Dataset
 from PIL import Image
 
 from glam_bundle.atomic_io import save_png_atomic
+from glam_bundle.constants import TINY_NETWORK
 from glam_bundle.data.datalist import load_datalist
 from glam_bundle.data.failures import SkipBadCases, collate_skip_failures
 from glam_bundle.data.patch_cache import INDEX_FILE, PatchCacheDataset, PatchCacheMissingError, load_entry
@@ -29,8 +30,7 @@ from glam_bundle.transforms.chain import default_preprocessing
 
 torch.set_num_threads(1)
 
-SMALL = dict(global_channels=[4, 8, 8, 8, 8], global_blocks_per_stage=1, local_layers=[1, 1, 1, 1],
-             local_channels=[8, 8, 8, 16])
+SMALL = dict(TINY_NETWORK)
 SIZE, CROP = (256, 128), (64, 64)
 SQUARE = 16  # side of the planted bright squares
 

@@ -14,6 +14,7 @@ from monai.bundle import ConfigParser
 from torch import nn
 
 import glam_bundle.precision as precision
+from glam_bundle.constants import TINY_NETWORK
 from glam_bundle.engines import GLAMEvaluator
 from glam_bundle.precision import AutocastInferer, resolve_autocast, resolve_precision
 from tests.conftest import REPO_ROOT, SMALL_NETWORK_OVERRIDES
@@ -122,8 +123,7 @@ def test_channels_last_gives_the_same_glam_outputs():
     from glam_bundle.precision import to_channels_last
 
     torch.manual_seed(0)
-    network = GLAM(crop_size=(64, 64), global_channels=(4, 8, 8, 8, 8), global_blocks_per_stage=1,
-                   local_layers=(1, 1, 1, 1), local_channels=(8, 8, 8, 16)).eval()
+    network = GLAM(crop_size=(64, 64), **TINY_NETWORK).eval()
     x = torch.rand(1, 1, 368, 240)
     with torch.inference_mode():
         expected = network(x)

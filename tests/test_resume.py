@@ -21,6 +21,7 @@ from monai.data import DataLoader
 from monai.handlers import LrScheduleHandler
 from monai.transforms import Compose, RandGaussianNoised
 
+from glam_bundle.constants import TINY_NETWORK
 from glam_bundle.data.cache import make_cached_dataset
 from glam_bundle.data.failures import SkipBadCases, collate_skip_failures
 from glam_bundle.data.samplers import ClassBalancedSampler
@@ -37,8 +38,7 @@ torch.set_num_threads(1)
 SEED = 7
 MAX_EPOCHS = 3
 ITERATIONS_PER_EPOCH = 3  # 3 positives + 3 of 5 negatives, batch 2
-TINY_GLAM = dict(global_channels=[4, 8, 8, 8, 8], global_blocks_per_stage=1, local_layers=[1, 1, 1, 1],
-                 local_channels=[8, 8, 8, 16], crop_size=(64, 64))
+TINY_GLAM = dict(TINY_NETWORK, crop_size=(64, 64))
 
 
 class Killed(Exception):

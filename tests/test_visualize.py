@@ -24,6 +24,7 @@ from monai.handlers import ValidationHandler
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from glam_bundle.constants import TINY_NETWORK
 from glam_bundle.data.failures import collate_skip_failures
 from glam_bundle.data.phantom import make_phantom
 from glam_bundle.engines import GLAMEvaluator, GLAMTrainer
@@ -56,10 +57,7 @@ HEIGHT, WIDTH = 368, 240
 CROP = (64, 64)
 TINY_GLAM = {
     "crop_size": CROP,
-    "global_channels": [4, 8, 8, 8, 8],
-    "global_blocks_per_stage": 1,
-    "local_layers": [1, 1, 1, 1],
-    "local_channels": [8, 8, 8, 16],
+    **TINY_NETWORK,
     "num_patches_train": 2,
 }
 

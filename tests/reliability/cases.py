@@ -25,6 +25,7 @@ import nibabel as nib
 import numpy as np
 from PIL import Image
 
+from glam_bundle.constants import TINY_NETWORK
 from tests.conftest import REPO_ROOT
 from tests.dicom_helpers import write_dicom
 from tests.reliability.test_hostile_checkpoints import CreatesMarker, write_hostile
@@ -46,10 +47,7 @@ TINY = {
     "crop_size": [64, 64],
     "geometry_scale": 0.125,
     "num_workers": 0,
-    "network_def#global_channels": [4, 8, 8, 8, 8],
-    "network_def#global_blocks_per_stage": 1,
-    "network_def#local_layers": [1, 1, 1, 1],
-    "network_def#local_channels": [8, 8, 8, 16],
+    **{f"network_def#{k}": v for k, v in TINY_NETWORK.items()},
 }
 TINY_TRAINING = {**TINY, "max_crop_noise": [12, 12], "max_crop_size_noise": 12, "cache": "none", "batch_size": 2}
 H, W = 368, 240  # the phantoms' size, also that of the hand-made good images

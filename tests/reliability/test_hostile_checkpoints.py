@@ -21,12 +21,12 @@ from glam_bundle.checkpoint import (
     load_original_checkpoint,
     load_weights,
 )
+from glam_bundle.constants import TINY_NETWORK
 from glam_bundle.networks import GLAM
 from tests.conftest import REPO_ROOT
 
 SCRIPT = REPO_ROOT / "scripts" / "import_original_checkpoint.py"
-SMALL = dict(global_channels=[4, 8, 8, 8, 8], global_blocks_per_stage=1, local_layers=[1, 1, 1, 1],
-             local_channels=[8, 8, 8, 16])
+SMALL = dict(TINY_NETWORK)
 
 
 class CreatesMarker:
