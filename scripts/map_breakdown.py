@@ -26,38 +26,36 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from glam_bundle.atomic_io import atomic_output  # noqa: E402
+from glam_bundle.checkpoint import list_keys, load_original_checkpoint, require_checkpoint  # noqa: E402
 from glam_bundle.constants import CLASS_NAMES  # noqa: E402
-from glam_bundle.metrics.localisation import resize_to_mask  # noqa: E402
+from glam_bundle.metrics.localisation import compute_soft_dice, lesion_present, resize_to_mask  # noqa: E402
+from glam_bundle.networks.utils import load_partial_state_dict  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MAPS = {"S_g": "saliency_global", "S_l": "saliency_local", "S_c": "saliency"}
 HIT = 0.5  # a patch "holds" the lesion when it covers more than half of the lesion's pixels
 
 
-def soft_dice(saliency: torch.Tensor, mask: torch.Tensor) -> float:
-    """The paper's Dice, 2·Σ S·G / (Σ S² + Σ G²), of one (h, w) map resized to the (H, W) mask."""
-    saliency = resize_to_mask(saliency[None, None], mask.shape)[0, 0]
-    return float(2 * (saliency * mask).sum() / ((saliency * saliency).sum() + (mask * mask).sum()))
-
-
 def case_rows(out: dict, batch: dict, crop_size: tuple[int, int]) -> list[dict]:
-    """One row per class with a lesion mask in this (batch of one) case."""
-    masks = batch["mask"][0].float()
-    present = masks.flatten(1).amax(1) > 0
+    """One row per class with a lesion mask in this (batch of one) case; the Dice is the report's
+    (``compute_soft_dice`` on the maps resized to the mask as ``SoftDiceMetric`` does)."""
+    masks = batch["mask"].float()  # (1, C, H, W)
+    maps = {label: resize_to_mask(out[key], masks.shape[-2:]) for label, key in MAPS.items()}
+    dice = {label: compute_soft_dice(saliency, masks)[0] for label, saliency in maps.items()}
+    present = lesion_present(masks)[0]
     top, left = (int(v) for v in out["patch_locations"][0, 0])
-    patch = torch.zeros_like(masks[0])
+    patch = torch.zeros_like(masks[0, 0])
     patch[top : top + crop_size[0], left : left + crop_size[1]] = 1
     rows = []
     for c, name in enumerate(CLASS_NAMES):
-        mask = masks[c]
         if not present[c]:
             continue
-        local = resize_to_mask(out["saliency_local"][0, c][None, None], mask.shape)[0, 0]
+        mask, local = masks[0, c], maps["S_l"][0, c]
         background = patch * (1 - mask)
         rows.append({
             "image": str(batch["image"].meta["filename_or_obj"][0]),
             "class": name,
-            **{label: soft_dice(out[key][0, c], mask) for label, key in MAPS.items()},
+            **{label: float(dice[label][c]) for label in MAPS},
             "patch_covers": float((mask * patch).sum() / mask.sum()),
             "lesion_pixels": int(mask.sum()),
             "both_classes": bool(present.all()),
@@ -104,17 +102,28 @@ def main(argv: list[str] | None = None) -> dict:
 
     config = ConfigParser()
     config.read_config([str(REPO_ROOT / "configs" / f) for f in ("train_global.json", "evaluate.json")] + args.presets)
-    config.update({"bundle_root": str(REPO_ROOT), "dataset_dir": args.dataset_dir, "cache": "none" if not args.cache_dir
-                   else "disk", **({"cache_dir": args.cache_dir} if args.cache_dir else {})})
+    config.update({"bundle_root": str(REPO_ROOT), "dataset_dir": args.dataset_dir, "cache": "none"})
+    if args.cache_dir:
+        config.update({"cache": "disk", "cache_dir": args.cache_dir})
     config["validate#dataset#dataset#data"] = f"$glam_bundle.data.datalist.load_datalist(@datalist, {args.split!r})"
     for item in args.set:
         key, _, value = item.partition("=")
-        config[key] = json.loads(value)
-    network = config.get_parsed_content("network").eval()
-    state = torch.load(args.ckpt, map_location="cpu", weights_only=True)
-    missing = network.load_state_dict(state.get("model", state), strict=False).missing_keys
-    if any(not key.startswith(("aggregation.", "fusion.")) for key in missing):
-        raise SystemExit(f"error: {args.ckpt} lacks map parameters: {missing[:5]} ...")
+        try:
+            config[key] = json.loads(value)
+        except json.JSONDecodeError as error:
+            parser.error(f"--set {item}: the value is not JSON ({error})")
+    # on the CPU, where the rows are computed; the bundle's loader names a missing or refused file in one line
+    network = config.get_parsed_content("network_def").eval()
+    state = load_original_checkpoint(require_checkpoint(args.ckpt, setting="ckpt"))
+    try:
+        _, initialised = load_partial_state_dict(network, state, ignore_unexpected=True)
+    except (KeyError, ValueError) as error:  # wrongly shaped tensors: another network size
+        lines = str(error).splitlines()
+        parser.error(f"--ckpt {args.ckpt}: {lines[0]} {lines[1].strip() if len(lines) > 1 else ''} "
+                     f"({len(lines) - 1} tensors in all); give the presets and --set overrides it was trained with")
+    lacking = [key for key in initialised if not key.startswith(("aggregation.", "fusion."))]
+    if lacking:  # only the attention and fusion layers, which do not change the maps, may be missing
+        parser.error(f"--ckpt {args.ckpt}: lacks map parameters ({list_keys(lacking)})")
     prepare_batch = config.get_parsed_content("validate#evaluator#prepare_batch")
     crop_size = tuple(int(v) for v in config.get_parsed_content("crop_size"))
     rows = []
@@ -124,7 +133,8 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
             image, _, _, keywords = prepare_batch(batch, "cpu")
             rows += case_rows(network(image, **keywords), batch, crop_size)
-    result = {"checkpoint": args.ckpt, "split": args.split, "overrides": args.set, "summary": summary(rows), "rows": rows}
+    result = {"checkpoint": args.ckpt, "split": args.split, "overrides": args.set, "summary": summary(rows),
+              "rows": rows}
     print(json.dumps(result["summary"], indent=1))
     if args.out:
         with atomic_output(args.out) as tmp:
