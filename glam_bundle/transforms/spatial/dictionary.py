@@ -138,7 +138,6 @@ class _Untraced:
             return self.transform(*args, **kwargs)
 
 
-_untraced = _Untraced
 
 
 def _resize(tensor: torch.Tensor, size: Sequence[int], mode: str) -> torch.Tensor:
@@ -149,7 +148,7 @@ def _resize(tensor: torch.Tensor, size: Sequence[int], mode: str) -> torch.Tenso
         return tensor
     floating = torch.is_floating_point(tensor)
     mode = mode if floating and mode != "nearest" else "nearest-exact"
-    out = _untraced(Resize(size, mode=mode))(tensor if floating else tensor.float())
+    out = _Untraced(Resize(size, mode=mode))(tensor if floating else tensor.float())
     if tensor.dtype == torch.bool:
         return out > 0.5
     return out if floating else out.round().to(tensor.dtype)
@@ -198,7 +197,7 @@ class OrientBreastd(_GeometryMapTransform):
         self.breast_mask_key = breast_mask_key
         self.flip_key = flip_key
         self.default_view = default_view
-        self.flipper = _untraced(Flip(spatial_axis=1))
+        self.flipper = _Untraced(Flip(spatial_axis=1))
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
@@ -291,7 +290,7 @@ class CropBreastd(_GeometryMapTransform):
         offset = int(self.legacy_flip_offset and bool(image.meta.get("flipped", False)))
         geometry = crop_geometry(mask, self.buffer, self.rightmost_from_ratio, offset)
         y0, y1, x0, x1 = geometry["crop_box"]
-        cropper = _untraced(SpatialCrop(roi_start=(y0, x0), roi_end=(y1, x1)))
+        cropper = _Untraced(SpatialCrop(roi_start=(y0, x0), roi_end=(y1, x1)))
         shape = image.shape[1:]
         image = self.record(cropper(image), shape, crop_box=[y0, y1, x0, x1])
         for key in self.follow_keys(d):
@@ -303,7 +302,7 @@ class CropBreastd(_GeometryMapTransform):
     def inverse_tensor(self, tensor: torch.Tensor, orig_size: Sequence[int], extra_info: Mapping) -> torch.Tensor:
         y0, y1, x0, x1 = (int(v) for v in extra_info["crop_box"])
         border = [y0, int(orig_size[0]) - y1, x0, int(orig_size[1]) - x1]
-        return _untraced(BorderPad(spatial_border=border, mode="constant", value=0))(tensor)
+        return _Untraced(BorderPad(spatial_border=border, mode="constant", value=0))(tensor)
 
 
 class BestCenterWindowd(_GeometryMapTransform):
@@ -358,8 +357,8 @@ class BestCenterWindowd(_GeometryMapTransform):
         padded_h, padded_w = plane.shape[0] + pad_top + pad_bottom, plane.shape[1] + pad_right
         top, bottom = max(box[0] - margin[0], 0), min(box[1] + margin[0], padded_h)
         left, right = max(box[2] - margin[1], 0), min(box[3] + margin[1], padded_w)
-        pad = _untraced(BorderPad(spatial_border=[pad_top, pad_bottom, 0, pad_right], mode="constant", value=0))
-        cut = _untraced(SpatialCrop(roi_start=(top, left), roi_end=(bottom, right)))
+        pad = _Untraced(BorderPad(spatial_border=[pad_top, pad_bottom, 0, pad_right], mode="constant", value=0))
+        cut = _Untraced(SpatialCrop(roi_start=(top, left), roi_end=(bottom, right)))
         record = {"pad": [pad_top, pad_bottom, pad_right], "cut": [top, bottom, left, right]}
         image = self.record(cut(pad(image)), plane.shape, **record)
         for key in self.follow_keys(d):
@@ -382,8 +381,8 @@ class BestCenterWindowd(_GeometryMapTransform):
         pad_top, pad_bottom, pad_right = (int(v) for v in extra_info["pad"])
         top, bottom, left, right = (int(v) for v in extra_info["cut"])
         padded_h, padded_w = height + pad_top + pad_bottom, width + pad_right
-        uncut = _untraced(BorderPad(spatial_border=[top, padded_h - bottom, left, padded_w - right], mode="constant"))
-        unpad = _untraced(SpatialCrop(roi_start=(pad_top, 0), roi_end=(pad_top + height, width)))
+        uncut = _Untraced(BorderPad(spatial_border=[top, padded_h - bottom, left, padded_w - right], mode="constant"))
+        unpad = _Untraced(SpatialCrop(roi_start=(pad_top, 0), roi_end=(pad_top + height, width)))
         return unpad(uncut(tensor))
 
 
@@ -469,14 +468,14 @@ class RandWindowNoised(RandomizableTransform, _GeometryMapTransform):
             noisy = [int(v) for v in box]
         else:
             noisy = self.noise_box(shape, box)
-        cut = _untraced(SpatialCrop(roi_start=(noisy[0], noisy[2]), roi_end=(noisy[1], noisy[3])))
-        resize_image = _untraced(Resize(self.window_size, mode="bicubic"))
-        resize_mask = _untraced(Resize(self.window_size, mode="nearest-exact"))
+        cut = _Untraced(SpatialCrop(roi_start=(noisy[0], noisy[2]), roi_end=(noisy[1], noisy[3])))
+        resize_image = _Untraced(Resize(self.window_size, mode="bicubic"))
+        resize_mask = _Untraced(Resize(self.window_size, mode="nearest-exact"))
 
         def place(mask):
             # a model-frame mask covers exactly the noise-free window: put it into the margin frame
             border = [box[0], shape[0] - box[1], box[2], shape[1] - box[3]]
-            return _untraced(BorderPad(spatial_border=border, mode="constant", value=0))(mask)
+            return _Untraced(BorderPad(spatial_border=border, mode="constant", value=0))(mask)
 
         out = cut(image)
         if tuple(out.shape[1:]) != self.window_size:
@@ -502,7 +501,7 @@ class RandWindowNoised(RandomizableTransform, _GeometryMapTransform):
         top, bottom, left, right = (int(v) for v in extra_info["noise_box"])
         tensor = _resize(tensor, (bottom - top, right - left), extra_info.get("mode", "bilinear"))
         border = [top, int(orig_size[0]) - bottom, left, int(orig_size[1]) - right]
-        return _untraced(BorderPad(spatial_border=border, mode="constant", value=0))(tensor)
+        return _Untraced(BorderPad(spatial_border=border, mode="constant", value=0))(tensor)
 
 
 class ResampleToSpacingd(_GeometryMapTransform):
