@@ -59,10 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max_attempts", type=int, default=1, help="redraw a view whose lesions find no room")
     parser.add_argument("--contrast_scale", type=float, default=1.0, help="lesion contrast relative to the default")
     parser.add_argument(
+        "--max_lesion_fraction", type=float, default=None, metavar="FRACTION",
+        help="largest lesion mask as a share of its breast's area, e.g. 0.01 (larger lesions are drawn smaller)",
+    )
+    parser.add_argument(
         "--fractions", type=float, nargs=3, default=(0.7, 0.1, 0.2), metavar=("TRAIN", "VAL", "TEST"),
         help="training/validation/test shares of the patients (default 0.7 0.1 0.2)",
     )
     args = parser.parse_args(argv)
+    if args.max_lesion_fraction is not None and not 0.0 < args.max_lesion_fraction <= 1.0:
+        parser.error(f"--max_lesion_fraction must be in (0, 1], got {args.max_lesion_fraction}")
     try:
         lesion_scale = parse_lesion_scale(args.lesion_scale)
     except ValueError as error:
@@ -81,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         contrast_scale=args.contrast_scale,
         calcification_mask=args.calcification_mask,
         max_attempts=args.max_attempts,
+        max_lesion_fraction=args.max_lesion_fraction,
     )
     counts = ", ".join(f"{name} {len(load_datalist(path, name))}" for name in SPLITS)
     print(f"{path}: {counts} items")

@@ -86,10 +86,19 @@ def test_quick_end_to_end(tmp_path):
             assert np.isclose(benign["dice"], method["dice"]["benign"], atol=1e-6)
             assert np.isclose(benign["auc"], method["auc"]["benign"], atol=1e-6)
         assert (work / name / "evaluate" / "metrics.json").is_file()
+    # every lesion at most 1 % of its breast (the issue's small-lesion rule), measured on the phantoms written
+    assert all(size["max_fraction_of_breast"] <= 0.01 for size in config["lesion_size"].values() if size["lesions"])
+    # stage 2's patch recall, read back from each two-stage method's patch cache; CAM selects no patches
+    assert data["methods"]["cam"]["patch_recall"] is None
+    for name in ("gmic", "glam"):
+        recall = data["methods"][name]["patch_recall"]
+        assert recall["num_patches"] == 6 and recall["lesions"]["overall"] > 0
+        assert 0.0 <= recall["recall_at_1"]["overall"] <= recall["recall"]["overall"] <= 1.0
     assert (work / "cam" / "models" / "model_global.pt").is_file()
     assert (work / "glam" / "models" / "model.pt").is_file() and (work / "gmic" / "models" / "model.pt").is_file()
     text = (report / "benchmark_localization.md").read_text()
     assert "| Method | Dice malignant | Dice benign |" in text and "smoke test" in text
-    for label in ("| CAM |", "| GMIC |", "| GLAM |", "calcification cluster", "median lesion / breast area"):
+    for label in ("| CAM |", "| GMIC |", "| GLAM |", "calcification cluster", "median lesion / breast area",
+                  "## Patch selection (stage 2, training images)"):
         assert label in text
     assert (report / "benchmark_localization.png").stat().st_size > 10_000

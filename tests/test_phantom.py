@@ -228,3 +228,23 @@ def test_cluster_masks_per_kind_scales_and_redraws(tmp_path):
         generate_dataset(tmp_path / "once", **kwargs)
     datalist = generate_dataset(tmp_path / "redrawn", max_attempts=20, **kwargs)
     assert sum(len(load_datalist(datalist, split)) for split in ("training", "validation", "test")) == 24
+
+
+def test_max_lesion_fraction_caps_each_lesion_against_its_breast():
+    kinds = ["benign_mass", "malignant_mass", "calcification_cluster"]
+    scale = {"benign": 2.0, "malignant": 4.0}  # the demo's enlarged lesions: 1-8 % of the breast uncapped
+    uncapped_over, capped_sizes = 0, []
+    for seed in range(6):
+        for kind in kinds:
+            args = (368, 240, "MLO" if seed % 2 else "CC", "L", [kind], seed)
+            common = dict(lesion_scale=scale, calcification_mask="cluster")
+            free, capped = make_phantom(*args, **common), make_phantom(*args, **common, max_lesion_fraction=0.01)
+            cls = LESION_KINDS[kind]
+            breast = (capped.image > 0).sum()
+            uncapped_over += free.masks[cls].sum() > 0.01 * (free.image > 0).sum()
+            capped_sizes.append(capped.masks[cls].sum() / breast)
+            assert capped.kinds == (kind,) and capped.labels[cls] == 1
+    assert uncapped_over >= 12  # the cap has work to do ...
+    assert max(capped_sizes) <= 0.01 and min(capped_sizes) > 0.002  # ... and leaves lesions below, not tiny
+    with pytest.raises(ValueError, match="max_lesion_fraction"):
+        make_phantom(64, 48, max_lesion_fraction=0.0)

@@ -207,6 +207,32 @@ def _draw_lesion(
     return intensity, mask
 
 
+def _lesion_area(kind: str, params: dict, extent: float, calcification_mask: str) -> int:
+    """Mask pixels of a lesion drawn at the origin."""
+    reach = int(math.ceil(extent)) + 1
+    offsets = np.arange(-reach, reach + 1, dtype=np.float64)
+    return int(_draw_lesion(kind, params, offsets[:, None], offsets[None, :], calcification_mask)[1].sum())
+
+
+def _capped_lesion(
+    kind: str, height: int, rng: np.random.Generator, size_scale: float, contrast_scale: float,
+    calcification_mask: str, max_area: float | None, max_draws: int = 20,
+) -> tuple[float, dict]:
+    """A lesion's extent and parameters (:func:`_lesion_extent`), drawn again smaller while its mask has more
+    than ``max_area`` pixels (None: no limit). Area grows with the square of the size, so each redraw scales the
+    size by sqrt(max_area / area) (and 5 % less, as the new shape is drawn at random too)."""
+    extent, params = _lesion_extent(kind, height, rng, size_scale, contrast_scale)
+    if max_area is None:
+        return extent, params
+    for _ in range(max_draws):
+        area = _lesion_area(kind, params, extent, calcification_mask)
+        if area <= max_area:
+            return extent, params
+        size_scale *= 0.95 * math.sqrt(max_area / area)
+        extent, params = _lesion_extent(kind, height, rng, size_scale, contrast_scale)
+    raise ValueError(f"a {kind} of at most {max_area:.0f} pixels cannot be drawn (its smallest form is larger)")
+
+
 def _kind_scale(lesion_scale: float | Mapping[str, float], kind: str) -> float:
     """The size factor of a lesion kind: a number for every kind, or a mapping by kind or by class name."""
     if not isinstance(lesion_scale, Mapping):
@@ -239,6 +265,7 @@ def make_phantom(
     lesion_scale: float | Mapping[str, float] = 1.0,
     contrast_scale: float = 1.0,
     calcification_mask: str = "specks",
+    max_lesion_fraction: float | None = None,
 ) -> Phantom:
     """Make one synthetic mammogram view.
 
@@ -255,6 +282,9 @@ def make_phantom(
         calcification_mask: "specks" (default: each speck plus one pixel) or "cluster" (the disk holding the
             specks). On speck masks even a perfect map on the global module's 16-px grid reaches a soft Dice of
             only ~0.35, at any image size; outlines of the cluster are what many datasets (CBIS-DDSM) draw.
+        max_lesion_fraction: largest mask area of one lesion as a fraction of the breast's area (e.g. 0.01); a
+            lesion drawn larger is drawn again, smaller by the square root of the excess (its kind and class stay).
+            None: no limit (sizes follow ``lesion_scale`` only).
 
     Returns:
         :class:`Phantom` (image (H, W) uint16 12-bit, masks per class (H, W) uint8 0/1, labels per class, the
@@ -269,6 +299,8 @@ def make_phantom(
         raise ValueError(f"laterality must be L or R, got {laterality!r}")
     if calcification_mask not in ("specks", "cluster"):
         raise ValueError(f"calcification_mask must be 'specks' or 'cluster', got {calcification_mask!r}")
+    if max_lesion_fraction is not None and not 0.0 < max_lesion_fraction <= 1.0:
+        raise ValueError(f"max_lesion_fraction must be in (0, 1], got {max_lesion_fraction!r}")
     rng = np.random.default_rng(rng)
     rows, cols = np.ogrid[:height, :width]
 
@@ -301,8 +333,11 @@ def make_phantom(
     masks = {cls: np.zeros((height, width), dtype=bool) for cls in CLASS_NAMES}
     placed: list[_Lesion] = []
     margin = 0.01 * height
+    max_area = None if max_lesion_fraction is None else max_lesion_fraction * float(breast.sum())
     for kind in _resolve_kinds(lesions, rng):
-        extent, params = _lesion_extent(kind, height, rng, _kind_scale(lesion_scale, kind), contrast_scale)
+        extent, params = _capped_lesion(
+            kind, height, rng, _kind_scale(lesion_scale, kind), contrast_scale, calcification_mask, max_area
+        )
         reach = int(math.ceil(extent)) + 1  # half-size of the window the lesion is drawn in
         allowed = breast & (skin_distance > extent + margin) & (pectoral_side < -(extent + margin))
         # The chest wall is not background for the distance transform, so keep the window inside the image.
@@ -438,6 +473,7 @@ def generate_dataset(
     contrast_scale: float = 1.0,
     calcification_mask: str = "specks",
     max_attempts: int = 1,
+    max_lesion_fraction: float | None = None,
 ) -> Path:
     """Write a phantom dataset: 16-bit PNG images, 0/255 mask PNGs and a split datalist JSON.
 
@@ -447,7 +483,8 @@ def generate_dataset(
     of class c (the classes are drawn independently, so a breast can have both). Labels are noise-free. Mask files
     are written only for classes present in the image.
 
-    ``lesion_scale``, ``contrast_scale`` and ``calcification_mask`` are passed to :func:`make_phantom`. With
+    ``lesion_scale``, ``contrast_scale``, ``calcification_mask`` and ``max_lesion_fraction`` are passed to
+    :func:`make_phantom`. With
     ``max_attempts`` > 1 a view whose lesions find no room is drawn again (a new breast from
     ``[seed, breast, view, attempt]``) instead of failing, which large lesion scales need. ``image_format`` "dicom" writes the images as DICOM (``.dcm``, see :func:`save_dicom_atomic`) instead of
     16-bit PNG; masks stay PNG.
@@ -498,7 +535,7 @@ def generate_dataset(
                 try:
                     phantom = make_phantom(
                         height, width, view, laterality, lesions, view_rng, lesion_scale, contrast_scale,
-                        calcification_mask,
+                        calcification_mask, max_lesion_fraction,
                     )
                     break
                 except ValueError:
