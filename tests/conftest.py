@@ -71,3 +71,11 @@ def repository_folders_untouched():
         shown = ", ".join(changed[:10]) + (f", ... and {len(changed) - 10} more" if len(changed) > 10 else "")
         pytest.fail(f"the tests wrote into the repository ({len(changed)} paths): {shown}; pass tmp_path folders "
                     "(output_dir, ckpt_dir, cache_dir) instead", pytrace=False)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The disk caches' end-of-run size report (an atexit hook, glam_bundle.data.cache) is for a user's run: in the
+    test process it would log after pytest has closed the streams its log handlers write to."""
+    from glam_bundle.data import cache
+
+    cache._OPENED.clear()
