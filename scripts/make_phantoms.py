@@ -73,22 +73,26 @@ def main(argv: list[str] | None = None) -> int:
         lesion_scale = parse_lesion_scale(args.lesion_scale)
     except ValueError as error:
         parser.error(f"--lesion_scale: {error}")
-    path = generate_dataset(
-        args.out_dir,
-        n_images=args.n_images,
-        height=args.height,
-        width=args.width,
-        prevalence={"benign": args.benign, "malignant": args.malignant},
-        seed=args.seed,
-        two_views=args.two_views,
-        fractions=dict(zip(SPLITS, args.fractions)),
-        image_format=args.format,
-        lesion_scale=lesion_scale,
-        contrast_scale=args.contrast_scale,
-        calcification_mask=args.calcification_mask,
-        max_attempts=args.max_attempts,
-        max_lesion_fraction=args.max_lesion_fraction,
-    )
+    try:
+        path = generate_dataset(
+            args.out_dir,
+            n_images=args.n_images,
+            height=args.height,
+            width=args.width,
+            prevalence={"benign": args.benign, "malignant": args.malignant},
+            seed=args.seed,
+            two_views=args.two_views,
+            fractions=dict(zip(SPLITS, args.fractions)),
+            image_format=args.format,
+            lesion_scale=lesion_scale,
+            contrast_scale=args.contrast_scale,
+            calcification_mask=args.calcification_mask,
+            max_attempts=args.max_attempts,
+            max_lesion_fraction=args.max_lesion_fraction,
+        )
+    except (ValueError, OSError) as error:  # a setting the phantoms cannot meet, or an unwritable folder
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     counts = ", ".join(f"{name} {len(load_datalist(path, name))}" for name in SPLITS)
     print(f"{path}: {counts} items")
     return 0

@@ -191,6 +191,15 @@ def test_make_phantoms_cli(tmp_path):
     assert "training 1, validation 1, test 1 items" in completed.stdout
     items = load_datalist(tmp_path / "ph" / "datalist.json")
     assert len(items) == 3 and all(np.asarray(Image.open(i["image"])).shape == (H, W) for i in items)
+    # A setting the phantoms cannot meet is one line naming it, exit status 2, no datalist.
+    cap = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "make_phantoms.py"), "--out_dir", str(tmp_path / "tiny"),
+         "--n_images", "4", "--height", "64", "--width", "48", "--max_lesion_fraction", "0.0001"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert cap.returncode == 2 and "Traceback" not in cap.stderr
+    assert cap.stderr.strip().splitlines()[-1].startswith("error: no ") and "max_lesion_fraction" in cap.stderr
+    assert not (tmp_path / "tiny" / "datalist.json").exists()
 
 
 def test_generate_dataset_as_dicom_reads_back_like_png(tmp_path):

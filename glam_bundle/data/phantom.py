@@ -230,7 +230,10 @@ def _capped_lesion(
             return extent, params
         size_scale *= 0.95 * math.sqrt(max_area / area)
         extent, params = _lesion_extent(kind, height, rng, size_scale, contrast_scale)
-    raise ValueError(f"a {kind} of at most {max_area:.0f} pixels cannot be drawn (its smallest form is larger)")
+    raise ValueError(
+        f"no {kind} fits in {max_area:.0f} pixels (max_lesion_fraction of this breast): raise max_lesion_fraction "
+        "or use a larger image"
+    )
 
 
 def _kind_scale(lesion_scale: float | Mapping[str, float], kind: str) -> float:
