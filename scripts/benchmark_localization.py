@@ -68,7 +68,8 @@ DEMO_PRESETS = ["configs/presets/demo.json", "configs/presets/demo_training.json
 # cells across, and the contrast is doubled so that a lesion that size still stands out of the parenchyma.
 SMALL_LESION_PHANTOMS = {"height": 368, "width": 240, "lesion_scale": {"benign": 1.4, "malignant": 2.5},
                          "max_lesion_fraction": 0.01, "contrast_scale": 2.0, "calcification_mask": "cluster",
-                         "max_attempts": 20, "fractions": [0.7, 0.1, 0.2], "prevalence": {"benign": 0.3, "malignant": 0.3}}
+                         "max_attempts": 20, "fractions": [0.7, 0.1, 0.2],
+                         "prevalence": {"benign": 0.3, "malignant": 0.3}}
 PRESETS = {
     "default": {
         "description": "CPU preset: the demo's 368x240 frame, 64x64 patches and training settings "

@@ -207,29 +207,29 @@ def _draw_lesion(
     return intensity, mask
 
 
-def _lesion_area(kind: str, params: dict, extent: float, calcification_mask: str) -> int:
-    """Mask pixels of a lesion drawn at the origin."""
-    reach = int(math.ceil(extent)) + 1
-    offsets = np.arange(-reach, reach + 1, dtype=np.float64)
-    return int(_draw_lesion(kind, params, offsets[:, None], offsets[None, :], calcification_mask)[1].sum())
+class _DrawnLesion(NamedTuple):
+    extent: float  # radius of a disk that holds the whole lesion, pixels
+    reach: int  # half-size of the square window it is drawn in
+    intensity: np.ndarray  # (2 reach + 1, 2 reach + 1) intensity added, centred on the lesion
+    mask: np.ndarray  # (2 reach + 1, 2 reach + 1) bool
 
 
-def _capped_lesion(
+def _drawn_lesion(
     kind: str, height: int, rng: np.random.Generator, size_scale: float, contrast_scale: float,
     calcification_mask: str, max_area: float | None, max_draws: int = 20,
-) -> tuple[float, dict]:
-    """A lesion's extent and parameters (:func:`_lesion_extent`), drawn again smaller while its mask has more
-    than ``max_area`` pixels (None: no limit). Area grows with the square of the size, so each redraw scales the
-    size by sqrt(max_area / area) (and 5 % less, as the new shape is drawn at random too)."""
-    extent, params = _lesion_extent(kind, height, rng, size_scale, contrast_scale)
-    if max_area is None:
-        return extent, params
+) -> _DrawnLesion:
+    """A lesion drawn in its own window (:func:`_lesion_extent`, :func:`_draw_lesion`), drawn again smaller while
+    its mask has more than ``max_area`` pixels (None: no limit). Area grows with the square of the size, so each
+    redraw scales the size by sqrt(max_area / area) (and 5 % less, as the new shape is drawn at random too)."""
     for _ in range(max_draws):
-        area = _lesion_area(kind, params, extent, calcification_mask)
-        if area <= max_area:
-            return extent, params
-        size_scale *= 0.95 * math.sqrt(max_area / area)
         extent, params = _lesion_extent(kind, height, rng, size_scale, contrast_scale)
+        reach = int(math.ceil(extent)) + 1
+        offsets = np.arange(-reach, reach + 1, dtype=np.float64)
+        intensity, mask = _draw_lesion(kind, params, offsets[:, None], offsets[None, :], calcification_mask)
+        area = int(mask.sum())
+        if max_area is None or area <= max_area:
+            return _DrawnLesion(extent, reach, intensity, mask)
+        size_scale *= 0.95 * math.sqrt(max_area / area)
     raise ValueError(
         f"no {kind} fits in {max_area:.0f} pixels (max_lesion_fraction of this breast): raise max_lesion_fraction "
         "or use a larger image"
@@ -338,10 +338,10 @@ def make_phantom(
     margin = 0.01 * height
     max_area = None if max_lesion_fraction is None else max_lesion_fraction * float(breast.sum())
     for kind in _resolve_kinds(lesions, rng):
-        extent, params = _capped_lesion(
+        lesion = _drawn_lesion(
             kind, height, rng, _kind_scale(lesion_scale, kind), contrast_scale, calcification_mask, max_area
         )
-        reach = int(math.ceil(extent)) + 1  # half-size of the window the lesion is drawn in
+        extent, reach = lesion.extent, lesion.reach
         allowed = breast & (skin_distance > extent + margin) & (pectoral_side < -(extent + margin))
         # The chest wall is not background for the distance transform, so keep the window inside the image.
         allowed &= (rows >= reach) & (rows < height - reach) & (cols >= reach) & (cols < width - reach)
@@ -352,11 +352,8 @@ def make_phantom(
             raise ValueError(f"no room for a {kind} in a {height}x{width} {view} phantom")
         centre_r, centre_c = np.unravel_index(rng.choice(candidates), (height, width))
         window = (slice(centre_r - reach, centre_r + reach + 1), slice(centre_c - reach, centre_c + reach + 1))
-        dr = np.arange(-reach, reach + 1, dtype=np.float64)[:, None]
-        dc = np.arange(-reach, reach + 1, dtype=np.float64)[None, :]
-        intensity, mask = _draw_lesion(kind, params, dr, dc, calcification_mask)
-        image[window] += intensity
-        masks[LESION_KINDS[kind]][window] |= mask
+        image[window] += lesion.intensity
+        masks[LESION_KINDS[kind]][window] |= lesion.mask
         placed.append(_Lesion((float(centre_r), float(centre_c)), extent, kind))
 
     image = np.where(breast, image + rng.normal(0.0, 20.0, image.shape), 0.0)  # quantum noise
@@ -487,10 +484,10 @@ def generate_dataset(
     are written only for classes present in the image.
 
     ``lesion_scale``, ``contrast_scale``, ``calcification_mask`` and ``max_lesion_fraction`` are passed to
-    :func:`make_phantom`. With
-    ``max_attempts`` > 1 a view whose lesions find no room is drawn again (a new breast from
-    ``[seed, breast, view, attempt]``) instead of failing, which large lesion scales need. ``image_format`` "dicom" writes the images as DICOM (``.dcm``, see :func:`save_dicom_atomic`) instead of
-    16-bit PNG; masks stay PNG.
+    :func:`make_phantom`. With ``max_attempts`` > 1 a view whose lesions find no room is drawn again (a new breast
+    from ``[seed, breast, view, attempt]``) instead of failing, which large lesion scales need. ``image_format``
+    "dicom" writes the images as DICOM (``.dcm``, see :func:`save_dicom_atomic`) instead of 16-bit PNG; masks stay
+    PNG.
 
     Every item records the kinds of its lesions in ``"lesion_kinds"``: the ``LESION_KINDS`` keys joined by single
     spaces in class order (benign, malignant), e.g. ``"benign_mass calcification_cluster"``, and ``""`` for a

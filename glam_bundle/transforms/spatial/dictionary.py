@@ -138,8 +138,6 @@ class _Untraced:
             return self.transform(*args, **kwargs)
 
 
-
-
 def _resize(tensor: torch.Tensor, size: Sequence[int], mode: str) -> torch.Tensor:
     """``tensor`` (C, h, w) resized to ``size`` with ``mode`` for floating point data; "nearest" (what ``Invertd``'s
     ``nearest_interp`` writes), masks and labels use nearest-exact, and bool/integer tensors keep their dtype."""
