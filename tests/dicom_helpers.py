@@ -40,3 +40,27 @@ def write_dicom(
         setattr(ds, keyword, value)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def recompress_with_gdcm(path: str | Path, transfer_syntax: str) -> Path:
+    """Re-encode a DICOM file in place with GDCM (the decoder the bundle depends on; pydicom encodes only RLE
+    without extra packages) to ``transfer_syntax``, a UID such as JPEG Lossless SV1, JPEG-LS or JPEG 2000."""
+    import gdcm
+
+    path = Path(path)
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(path))
+    if not reader.Read():
+        raise RuntimeError(f"GDCM cannot read {path}")
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.GetTSType(transfer_syntax)))
+    change.SetInput(reader.GetImage())
+    if not change.Change():
+        raise RuntimeError(f"GDCM cannot encode {path} as {transfer_syntax}")
+    writer = gdcm.ImageWriter()
+    writer.SetFileName(str(path))
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    if not writer.Write():
+        raise RuntimeError(f"GDCM cannot write {path}")
+    return path

@@ -17,7 +17,7 @@ from glam_bundle.data.readers import (
     check_image_array,
 )
 from tests.conftest import CBIS_DDSM, MINI_MIAS, NYU_SAMPLE, require
-from tests.dicom_helpers import write_dicom
+from tests.dicom_helpers import recompress_with_gdcm, write_dicom
 
 # Non-square on purpose: a (W, H) mix-up changes the shape.
 H, W = 48, 32
@@ -223,6 +223,40 @@ def test_dicom_rle_and_suffixless_file(tmp_path):
     reader = MammogramReader(min_size=0)
     assert reader.verify_suffix(str(path))
     np.testing.assert_array_equal(load(path).numpy(), pixels)
+
+
+# What archives send: JPEG Lossless (process 14, e.g. most PACS exports), JPEG-LS and JPEG 2000 (VinDr-Mammo, RSNA).
+ARCHIVE_TRANSFER_SYNTAXES = {
+    "jpeg_lossless_sv1": "1.2.840.10008.1.2.4.70",
+    "jpeg_lossless": "1.2.840.10008.1.2.4.57",
+    "jpeg_ls_lossless": "1.2.840.10008.1.2.4.80",
+    "jpeg2000_lossless": "1.2.840.10008.1.2.4.90",
+}
+
+
+@pytest.mark.parametrize("bits_stored", [12, 16])
+@pytest.mark.parametrize("syntax", ARCHIVE_TRANSFER_SYNTAXES)
+def test_dicom_compressed_archive_syntaxes_decode_like_the_uncompressed_file(tmp_path, syntax, bits_stored):
+    pixels = ramp(scale=1 if bits_stored == 12 else 42)  # 16 bits: values up to 64,470
+    tags = dict(ImageLaterality="L", ViewPosition="CC", ImagerPixelSpacing=[0.07, 0.07])
+    plain = load(write_dicom(tmp_path / "plain.dcm", pixels, "MONOCHROME1", bits_stored, **tags))
+    path = recompress_with_gdcm(write_dicom(tmp_path / f"{syntax}.dcm", pixels, "MONOCHROME1", bits_stored, **tags),
+                                ARCHIVE_TRANSFER_SYNTAXES[syntax])
+    image = load(path)
+    np.testing.assert_array_equal(image.numpy(), plain.numpy())
+    assert image.numpy().max() == 2**bits_stored - 1 and image[0, 0] > image[-1, -1]  # inverted: MONOCHROME1
+    assert (image.meta["laterality"], image.meta["view"]) == ("L", "CC")
+    np.testing.assert_allclose(image.meta["spacing"], [0.07, 0.07])
+    assert not image.meta["lossy_compression"]
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.91"])  # JPEG-LS near, J2K
+def test_dicom_lossy_archive_syntaxes_decode_and_are_flagged(tmp_path, syntax):
+    pixels = ramp()
+    image = load(recompress_with_gdcm(write_dicom(tmp_path / "a.dcm", pixels), syntax))
+    assert image.shape == (H, W)
+    np.testing.assert_allclose(image.numpy(), pixels, atol=8)  # GDCM's default rates are (near) lossless
+    assert image.meta["lossy_compression"]
 
 
 def test_dicom_reader_alone_through_loadimage(tmp_path):
