@@ -11,6 +11,7 @@ from monai.transforms import LoadImage, LoadImaged
 from PIL import Image
 from pydicom.uid import RLELossless
 
+from glam_bundle.data.errors import BadInputError
 from glam_bundle.data.readers import (
     MammogramDicomReader,
     MammogramReader,
@@ -257,6 +258,19 @@ def test_dicom_lossy_archive_syntaxes_decode_and_are_flagged(tmp_path, syntax):
     assert image.shape == (H, W)
     np.testing.assert_allclose(image.numpy(), pixels, atol=8)  # GDCM's default rates are (near) lossless
     assert image.meta["lossy_compression"]
+
+
+@pytest.mark.parametrize("tags", [
+    {"PresentationIntentType": "FOR PROCESSING"},
+    {"SOPClassUID": "1.2.840.10008.5.1.4.1.1.1.2.1"},  # Digital Mammography X-Ray Image Storage - For Processing
+])
+def test_dicom_raw_for_processing_image_is_refused_by_name(tmp_path, tags):
+    path = write_dicom(tmp_path / "raw.dcm", ramp(), **tags)
+    with pytest.raises(BadInputError, match=r"raw\.dcm: raw detector image \('FOR PROCESSING'.*FOR PRESENTATION"):
+        load(path)
+    processed = write_dicom(tmp_path / "processed.dcm", ramp(), PresentationIntentType="FOR PRESENTATION",
+                            SOPClassUID="1.2.840.10008.5.1.4.1.1.1.2")
+    np.testing.assert_array_equal(load(processed).numpy(), ramp())
 
 
 def test_dicom_reader_alone_through_loadimage(tmp_path):

@@ -75,8 +75,8 @@ class MammogramDicomReader(PydicomReader):
     Mammograms are projection images without ImageOrientationPatient/ImagePositionPatient; their affine is
     then diag(row spacing, column spacing, 1, 1) from PixelSpacing or ImagerPixelSpacing (1 when absent).
 
-    DICOM-level problems (missing file, not a DICOM, no pixel data, undecodable pixel data, multi-frame)
-    raise :class:`BadInputError` from ``get_data``. Content checks (size, constant, NaN) are done by
+    DICOM-level problems (missing file, not a DICOM, no pixel data, undecodable pixel data, multi-frame, a raw
+    "FOR PROCESSING" image: :func:`check_for_presentation`) raise :class:`BadInputError` from ``get_data``. Content checks (size, constant, NaN) are done by
     :class:`MammogramReader`.
 
     Size limits: the header is read first (``stop_before_pixels=True``); a file whose Rows x Columns x
@@ -133,6 +133,7 @@ class MammogramDicomReader(PydicomReader):
                 check_file(name)
                 header = dcmread(name, **{**kwargs_, "stop_before_pixels": True})
                 check_declared_size(name, dicom_declared_size(header), self._max_pixels, self._max_bytes)
+                check_for_presentation(name, header)
                 datasets.append(dcmread(name, **kwargs_))
             except BadInputError as error:
                 datasets.append(DeferredError(error))
@@ -207,6 +208,24 @@ class MammogramDicomReader(PydicomReader):
         lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
         ends = self._to_display(np.array([lo, hi], dtype=np.int64 if signed else np.uint64), img)
         return float(ends.min()), float(ends.max())
+
+
+def check_for_presentation(filename: PathLike, ds) -> None:
+    """Refuse a raw detector image ("FOR PROCESSING": PresentationIntentType or the SOP class says so).
+
+    Its values follow the detected X-ray dose before the vendor's processing (log, equalisation, contrast), so it
+    looks nothing like the processed "FOR PRESENTATION" mammograms GLAM is trained on; archives often keep both
+    for one view. Raises :class:`BadInputError` naming the file.
+    """
+    intent = _dicom_text(ds, "PresentationIntentType")
+    sop_class = _ACQUIRED_SOP_CLASSES.get(str(ds.get("SOPClassUID", "") or "").strip(), "")
+    if intent == "FOR PROCESSING" or sop_class.endswith("for processing"):
+        source = "PresentationIntentType" if intent == "FOR PROCESSING" else f"SOP class {sop_class!r}"
+        raise BadInputError(
+            filename,
+            f"raw detector image ('FOR PROCESSING', from {source}); GLAM reads the processed 'FOR PRESENTATION' "
+            "mammogram: use that image of the view instead",
+        )
 
 
 def _dicom_int(ds, keyword: str, default: int) -> int:
