@@ -37,6 +37,7 @@ from glam_bundle.transforms.breast.array import chest_wall_on_right, film_from_p
 from glam_bundle.transforms.spatial.array import map_to_model_frame
 from glam_bundle.transforms.utils import filename_view_laterality
 from tests.conftest import CBIS_DDSM, MINI_MIAS, NYU_SAMPLE, SHARED, require
+from tests.dicom_helpers import write_dicom
 
 MINI_DDSM = SHARED / "data" / "mini_ddsm"
 CSAW_S = SHARED / "data" / "csaw_s" / "anonymized_dataset" / "004"
@@ -229,6 +230,33 @@ def test_film_dicom_phantom_no_flags(chain, tmp_path):
     row, col = int(round(centre[0])), int(round(centre[1]))
     assert 0 <= row < MODEL_FRAME_SIZE[0] and 0 <= col < MODEL_FRAME_SIZE[1]  # the label's place is in the window
     assert not breast[row, col] and out["image"][0, row, col] == out["image"].min()
+
+
+@pytest.mark.parametrize("display", [
+    dict(WindowCenter=1000, WindowWidth=2200),  # linear window: the stored background 0 maps to 454
+    dict(WindowCenter=1500, WindowWidth=3000, VOILUTFunction="SIGMOID"),  # GE: a sigmoid never reaches 0
+    dict(signed=True),  # signed pixel data with the background at -1000
+])
+def test_digital_background_above_or_below_zero_is_shifted_to_zero(chain, tmp_path, display):
+    phantom = make_phantom(1104, 720, view="CC", laterality="L", lesions=("benign",), rng=7)
+    stored = phantom.image.astype(np.int32)  # 12-bit, background 0
+    tags = dict(SOPClassUID="1.2.840.10008.5.1.4.1.1.1.2", ImageLaterality="L", ViewPosition="CC")
+    plain = chain({"image": str(write_dicom(tmp_path / "plain.dcm", stored.astype(np.uint16), **tags))})
+    display = dict(display)
+    if display.pop("signed", False):
+        stored = (stored - 1000).astype(np.int16)
+    else:
+        stored = stored.astype(np.uint16)
+    out = chain({"image": str(write_dicom(tmp_path / "shown.dcm", stored, **tags, **display))})
+    meta = out["image"].meta
+    assert meta["film"] is False and meta["background_value"] != 0 and plain["image"].meta["background_value"] == 0
+    # the same breast, crop and window as the file with its background at 0 (a sigmoid bends the values inside)
+    np.testing.assert_array_equal(out["breast_mask"].numpy(), plain["breast_mask"].numpy())
+    def at_minimum(image):
+        return int((image == image.min()).sum())
+
+    assert at_minimum(out["image"]) == at_minimum(plain["image"])  # the background (and padding) stays flat
+    assert np.corrcoef(out["image"].numpy().ravel(), plain["image"].numpy().ravel())[0, 1] > 0.98
 
 
 # ------------------------------------------------------------------------------------------ shared real files

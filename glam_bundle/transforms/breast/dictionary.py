@@ -54,6 +54,9 @@ class BreastMaskd(MapTransform):
     including the edge corners that the mask's erosion/dilation cuts, is untouched, and so is the mask (crop
     and window geometry stay the original's). A label touching the breast stays. Recorded as
     ``"artefact_pixels"`` (how many were set to 0; 0 when not asked for or film).
+    A digital image's background is its minimum: when that is not 0 (a VOI window or sigmoid VOI LUT maps the
+    drawn background above 0, signed data below), the image is shifted so that it is, as the ``"original"``
+    rule and the window's zero padding assume; the value is recorded as ``"background_value"`` (0 otherwise).
     Recorded in the image meta: ``"breast_mask_method"``, ``"film"`` (bool) and ``"film_source"``
     ("setting", "datalist", "dicom:<tag>", "pixels:..."). The item's ``"film"`` key is consumed.
     """
@@ -112,6 +115,11 @@ class BreastMaskd(MapTransform):
             plane = image_plane(image)
             film, film_source = self.decide_film(d, image, plane)
             method = "film" if film else "original"
+            background = 0.0 if film else float(plane.min())
+            if background != 0.0:
+                # The original rule (pixel > 0) and the window's zero padding take a digital background of 0; a VOI
+                # window or a sigmoid VOI LUT (GE) puts the drawn background above 0, a signed image below.
+                image, plane = image - background, plane - background
             if film:
                 mask = film_breast_mask(plane, chest_wall_side(d, image, self.flip_key))
             else:
@@ -134,6 +142,7 @@ class BreastMaskd(MapTransform):
                     "film": film,
                     "film_source": film_source,
                     "artefact_pixels": artefact_pixels,
+                    "background_value": background,
                 }
             )
             d[key] = image
