@@ -30,6 +30,7 @@ __all__ = [
     "LISTED_IMAGE_SUFFIXES",
     "MAX_IMAGE_PIXELS",
     "MAX_IMAGE_BYTES",
+    "GRAY_CHANNEL_TOLERANCE",
     "TINY_NETWORK",
 ]
 
@@ -79,6 +80,10 @@ LISTED_IMAGE_SUFFIXES: tuple[str, ...] = PIL_SUFFIXES + DICOM_SUFFIXES + NIFTI_S
 # under 8,000x8,000 pixels at 16 bits (64 Mpixel, 128 MB decoded); a file declaring more is refused by name.
 MAX_IMAGE_PIXELS: int = 8000 * 8000
 MAX_IMAGE_BYTES: int = 8000 * 8000 * 2
+# Largest spread between the colour channels of a pixel, as a share of the image's value range, for which an RGB(A)
+# or palette file still counts as a gray mammogram (glam_bundle.data.image_checks.gray_from_channels): a gray image
+# stored as colour JPEG (chroma subsampling, ringing) differs by a few levels of 255.
+GRAY_CHANNEL_TOLERANCE: float = 0.02
 
 # GLAM keyword arguments of the narrowest network the tests and the benchmarks' smoke presets build (a few thousand
 # parameters): not a model to train, one that runs every code path in seconds. Config overrides:

@@ -95,17 +95,31 @@ def test_dicom_without_pixel_data(tmp_path):
         LoadImaged(keys="image", reader=MammogramDicomReader())({"image": str(path)})
 
 
-def test_rgb_image(tmp_path):
+def test_colour_image_is_refused_by_name(tmp_path):
     path = tmp_path / "colour.png"
     Image.fromarray(np.zeros((BIG_H, BIG_W, 3), dtype=np.uint8) + np.array([10, 20, 30], dtype=np.uint8)).save(path)
-    assert_bad(path, "RGB image (3 channels); expected one grayscale channel")
+    assert_bad(path, "RGB image (3 channels) in colour (100.0% of the pixels")
+    # a gray mammogram with a coloured annotation drawn on it
+    annotated = tmp_path / "annotated.png"
+    pixels = np.repeat(ramp(BIG_H, BIG_W, dtype=np.uint8)[..., None], 3, axis=2)
+    pixels[100:110, 100:200] = (255, 0, 0)
+    Image.fromarray(pixels).save(annotated)
+    assert_bad(annotated, "RGB image (3 channels) in colour (0.3% of the pixels; e.g. coloured annotations)")
+    transparent = tmp_path / "transparent.png"
+    rgba = np.concatenate([pixels, np.full((BIG_H, BIG_W, 1), 255, np.uint8)], axis=2)
+    rgba[:50, :, 3] = 0
+    Image.fromarray(rgba).save(transparent)
+    assert_bad(transparent, "RGBA image (4 channels) with transparent pixels")
 
 
-def test_palette_image_is_rejected_as_colour(tmp_path):
+def test_colour_palette_image_is_refused(tmp_path):
     path = tmp_path / "palette.png"
-    Image.fromarray(ramp(BIG_H, BIG_W, dtype=np.uint8)).convert("P").save(path)
+    colours = np.zeros((BIG_H, BIG_W, 3), dtype=np.uint8)
+    colours[:, : BIG_W // 2] = (200, 30, 30)
+    colours[:, BIG_W // 2 :] = (30, 30, 200)
+    Image.fromarray(colours).convert("P").save(path)
     assert Image.open(path).mode == "P"
-    assert_bad(path, "RGB image (3 channels)")
+    assert_bad(path, "RGB image (3 channels) in colour")
 
 
 def test_all_zero_and_constant_images(tmp_path):

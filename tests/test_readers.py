@@ -72,6 +72,25 @@ def test_tiff_and_jpeg_dispatch(tmp_path):
     assert np.abs(image.numpy() - gray).max() <= 8  # lossy, but the same picture in the same orientation
 
 
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "LA", "P"])
+def test_gray_mammogram_stored_as_colour_is_read_as_gray(tmp_path, mode):
+    pixels = (ramp() % 256).astype(np.uint8)
+    path = tmp_path / "gray_as_colour.png"
+    Image.fromarray(pixels).convert(mode).save(path)
+    assert Image.open(path).mode == mode
+    np.testing.assert_array_equal(load(path).numpy(), pixels)
+
+
+def test_gray_mammogram_with_slightly_unequal_channels_is_read_as_gray(tmp_path):
+    # a viewer's export or a colour JPEG of a gray image: channels a few levels apart (at most 2 % of the range)
+    gray = (np.add.outer(np.arange(H), np.arange(W)) * 3).astype(np.int16)  # 0 .. 237
+    tint = np.random.default_rng(0).integers(-2, 3, size=(H, W, 3))
+    pixels = np.clip(gray[..., None] + tint, 0, 255).astype(np.uint8)
+    path = tmp_path / "tinted.png"
+    Image.fromarray(pixels).save(path)
+    np.testing.assert_allclose(load(path).numpy(), pixels.astype(np.float32).mean(axis=-1))
+
+
 def test_ensure_channel_first_gives_1hw(tmp_path):
     Image.fromarray(ramp()).save(tmp_path / "view.png")
     item = LoadImaged(keys="image", reader=MammogramReader(min_size=0), ensure_channel_first=True)(

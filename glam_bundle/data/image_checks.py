@@ -19,6 +19,7 @@ from pydicom.misc import is_dicom
 
 from glam_bundle.constants import (
     DICOM_SUFFIXES,
+    GRAY_CHANNEL_TOLERANCE,
     ITK_SUFFIXES,
     MAX_IMAGE_BYTES,
     MAX_IMAGE_PIXELS,
@@ -260,6 +261,34 @@ def normalise_min_size(min_size: int | Sequence[int] | None) -> tuple[int, int]:
     return sizes
 
 
+def gray_from_channels(array: np.ndarray, path: PathLike) -> np.ndarray:
+    """(H, W) gray image from an (H, W, C) gray+alpha / RGB / RGBA array whose colour channels agree.
+
+    Mammograms exported as RGB(A) or palette images (screenshots, viewers, dataset conversions) hold a gray image
+    in every colour channel: the channels' mean is returned when no pixel's channels spread by more than
+    ``GRAY_CHANNEL_TOLERANCE`` of the value range and the alpha channel, if any, is opaque everywhere.
+
+    Raises:
+        BadInputError: a colour image (coloured annotations, a photograph) or a transparent one, by name.
+    """
+    channels = array.shape[-1]
+    name = f"{CHANNEL_NAMES[channels]} ({channels} channels)"
+    colour, alpha = (array[..., :-1], array[..., -1]) if channels in (2, 4) else (array, None)
+    if alpha is not None and alpha.min() != alpha.max():
+        raise BadInputError(path, f"{name} with transparent pixels; expected one grayscale channel")
+    colour = np.asarray(colour, dtype=np.float32)
+    spread = colour.max(axis=-1) - colour.min(axis=-1)
+    value_range = float(colour.max() - colour.min())
+    if spread.max() > max(GRAY_CHANNEL_TOLERANCE * value_range, 1.0):
+        share = float(np.mean(spread > GRAY_CHANNEL_TOLERANCE * value_range))
+        raise BadInputError(
+            path,
+            f"{name} in colour ({share:.1%} of the pixels; e.g. coloured annotations); expected one grayscale "
+            "channel: export the mammogram itself",
+        )
+    return colour.mean(axis=-1)
+
+
 def check_image_array(
     array: np.ndarray,
     path: PathLike,
@@ -275,13 +304,11 @@ def check_image_array(
         allow_constant: accept an image whose pixels all have one value (e.g. an empty lesion mask).
 
     Raises:
-        BadInputError: multi-channel or non-2-D array, too small, NaN/inf values, or constant image.
+        BadInputError: a colour or transparent image (gray stored as RGB(A) is taken:
+            :func:`gray_from_channels`), non-2-D array, too small, NaN/inf values, or constant image.
     """
     if array.ndim == 3 and array.shape[-1] in CHANNEL_NAMES:
-        channels = array.shape[-1]
-        raise BadInputError(
-            path, f"{CHANNEL_NAMES[channels]} ({channels} channels); expected one grayscale channel"
-        )
+        array = gray_from_channels(array, path)
     if array.ndim != 2:
         raise BadInputError(path, f"expected a 2-D grayscale image, got an array of shape {tuple(array.shape)}")
     height, width = array.shape

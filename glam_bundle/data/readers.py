@@ -166,7 +166,8 @@ class MammogramReader(ImageReader):
     Dispatch on the (lower-case) file suffix:
 
     - ``.png .jpg .jpeg .tif .tiff .pgm .ppm .bmp``: ``PILReader(reverse_indexing=False)``; 16-bit PNG keeps
-      its 16-bit values, palette images are expanded to colour (and then rejected as RGB);
+      its 16-bit values, palette images are expanded to colour; an RGB(A) image whose channels agree is read
+      as gray (:func:`glam_bundle.data.image_checks.gray_from_channels`), one in colour is refused;
     - ``.dcm .dicom``, or no known suffix and the DICM magic bytes: :class:`MammogramDicomReader`;
     - ``.nii .nii.gz``: ``NibabelReader``, array used as stored, i.e. data[i, j] = row i, column j (see the
       module docstring); trailing singleton axes are dropped;
@@ -174,7 +175,7 @@ class MammogramReader(ImageReader):
 
     Validation (raising :class:`BadInputError` whose message starts with the path, from ``get_data``):
     missing file, unsupported type, unreadable/truncated/corrupt file, DICOM without pixel data,
-    multi-channel (e.g. "RGB image (3 channels); expected one grayscale channel") or non-2-D data,
+    colour (e.g. "RGB image (3 channels) in colour (0.3% of the pixels; ...)") or non-2-D data,
     image smaller than ``min_size``, NaN/inf values, and a constant image (e.g. "all-zero image"), an empty
     file ("empty file (0 bytes)"), and a file whose header declares more than ``max_pixels`` pixels or
     ``max_bytes`` decoded bytes (checked from the header -- PNG IHDR, JPEG/TIFF/PGM headers, DICOM
