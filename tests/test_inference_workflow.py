@@ -40,7 +40,7 @@ def test_synthetic_images_with_bad_cases(tmp_path, background):
     bad = tmp_path / "data" / "bad"
     bad.mkdir()
     (bad / "truncated.png").write_bytes((tmp_path / "data" / items[0]["image"]).read_bytes()[:300])
-    Image.fromarray(np.full((736, 480, 3), 128, np.uint8)).save(bad / "rgb.png")
+    Image.fromarray(np.full((736, 480, 3), (128, 0, 0), np.uint8)).save(bad / "rgb.png")  # colour
     items += [{"image": "bad/truncated.png"}, {"image": "bad/rgb.png"}, {"image": "bad/missing.png"}]
     (tmp_path / "data" / "all.json").write_text(json.dumps({"test": items}))
     out = tmp_path / "out"

@@ -174,7 +174,9 @@ def _dicom_inconsistent_rows(path: Path, good: Path) -> None:
 
 
 def _three_channel(path: Path, good: Path) -> None:
-    Image.fromarray(np.stack([(_ramp() // 16).astype(np.uint8)] * 3, axis=-1)).save(path)
+    # colour content (a gray image stored as RGB is read as gray)
+    gray = (_ramp() // 16).astype(np.uint8)
+    Image.fromarray(np.stack([gray, gray // 2, np.zeros_like(gray)], axis=-1)).save(path)
 
 
 def _one_pixel(path: Path, good: Path) -> None:
@@ -256,7 +258,7 @@ IMAGE_CASES: list[ImageCase] = [
               phrase="declares 13000x13000", tags=("slow",)),
     ImageCase("DICOM without pixel data", "no_pixels.dcm", _dicom_without_pixels, phrase="no pixel data"),
     ImageCase("DICOM with inconsistent Rows/Columns", "inconsistent_rows.dcm", _dicom_inconsistent_rows),
-    ImageCase("3-channel image", "colour.png", _three_channel, phrase="3 channels"),
+    ImageCase("colour image", "colour.png", _three_channel, phrase="3 channels) in colour"),
     ImageCase("1-pixel image", "one_pixel.png", _one_pixel, phrase="smaller than"),
     ImageCase("constant image", "constant.png", _constant, phrase="constant image"),
     ImageCase("NaN/inf in NIfTI", "nan.nii.gz", _nifti_values(np.nan), phrase="non-finite"),

@@ -2,7 +2,7 @@
 
 One ``python -m monai.bundle run --config_file configs/inference.json`` over a datalist of every case of
 ``cases.IMAGE_CASES`` (random bytes behind PNG/DICOM/NIfTI headers, truncated files, decompression bombs of each
-format, DICOM without pixel data or with inconsistent Rows/Columns, 3-channel, 1-pixel and constant images, NaN/inf
+format, DICOM without pixel data or with inconsistent Rows/Columns, colour, 1-pixel and constant images, NaN/inf
 in NIfTI, empty files, names with spaces and non-ASCII characters, a symlink loop, an unreadable file, a path
 outside the data root) and two good phantoms: the run goes on past every bad case, failures.csv names each file
 and its problem in one line, and the good images' outputs are all there.
