@@ -33,7 +33,7 @@ from glam_bundle.transforms import (
     load_transforms,
     window_transforms,
 )
-from glam_bundle.transforms.breast.array import chest_wall_on_right, film_from_pixels
+from glam_bundle.transforms.breast.array import chest_wall_on_right, film_from_pixels, negative_image
 from glam_bundle.transforms.spatial.array import map_to_model_frame
 from glam_bundle.transforms.utils import filename_view_laterality
 from tests.conftest import CBIS_DDSM, MINI_MIAS, NYU_SAMPLE, SHARED, require
@@ -257,6 +257,31 @@ def test_digital_background_above_or_below_zero_is_shifted_to_zero(chain, tmp_pa
 
     assert at_minimum(out["image"]) == at_minimum(plain["image"])  # the background (and padding) stays flat
     assert np.corrcoef(out["image"].numpy().ravel(), plain["image"].numpy().ravel())[0, 1] > 0.98
+
+
+def test_negative_png_is_turned_positive(chain, tmp_path):
+    # a digital view exported without its MONOCHROME1 inversion: background white, dense tissue dark
+    phantom = make_phantom(1104, 720, view="MLO", laterality="R", lesions=("malignant",), rng=11)
+    Image.fromarray(phantom.image.astype(np.uint16)).save(tmp_path / "positive.png")
+    Image.fromarray((4095 - phantom.image).astype(np.uint16)).save(tmp_path / "negative.png")
+    positive, negative = (chain({"image": str(tmp_path / f"{name}.png")}) for name in ("positive", "negative"))
+    assert negative["image"].meta["inverted"] and negative["image"].meta["inverted_source"] == "pixels:background-at-maximum"
+    assert not positive["image"].meta["inverted"] and positive["image"].meta["inverted_source"] == "none"
+    assert negative["image"].meta["film"] is False  # its background is flat once it is positive
+    np.testing.assert_array_equal(negative["breast_mask"].numpy(), positive["breast_mask"].numpy())
+    np.testing.assert_allclose(negative["image"].numpy(), positive["image"].numpy(), atol=1e-4)
+
+
+def test_real_mammograms_are_not_taken_for_negatives():
+    # film (CBIS-DDSM, mini-MIAS, mini-DDSM) and digital (NYU, CSAW-S): at most 0.3 % of their pixels hold the maximum
+    files = [NYU_SAMPLE / "images" / "0_L-CC.png", CBIS_DDSM / "Mass-Test_P_00173_LEFT_CC.dcm",
+             MINI_MIAS / "images" / "mdb075.pgm", MINI_DDSM / "Cancer" / "0001" / "C_0001_1.RIGHT_MLO.jpg",
+             CSAW_S / "004_2.png"]
+    for path in files:
+        image = _load(require(path))["image"][0].numpy()
+        assert not negative_image(image), path
+        if path.suffix == ".png":  # the digital views, exported negative
+            assert negative_image(image.max() + image.min() - image), path
 
 
 # ------------------------------------------------------------------------------------------ shared real files

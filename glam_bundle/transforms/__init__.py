@@ -2,8 +2,8 @@
 ``monai.transforms``): array-level functions in ``<family>/array.py``, dictionary transforms in
 ``<family>/dictionary.py``.
 
-- ``breast``: film or digital per image, breast foreground masks, the chest-wall side and the view read from the
-  image (:class:`BreastMaskd`).
+- ``breast``: negative images turned positive (:class:`InvertNegatived`), film or digital per image, breast
+  foreground masks, the chest-wall side and the view read from the image (:class:`BreastMaskd`).
 - ``spatial``: orientation, breast crop, best-centre window and its training noise, resampling to the NYU
   scale, and the map from raw-image points into the model frame.
 - ``label``: image-level labels and stacked lesion masks (:class:`MakeLabeld`, :class:`StackMasksd`, a label image split
@@ -28,12 +28,13 @@ from glam_bundle.transforms.breast.array import (
     chest_wall_on_right,
     film_breast_mask,
     film_from_pixels,
+    negative_image,
     original_breast_mask,
     otsu_threshold,
     remove_thin_strips,
     view_from_image,
 )
-from glam_bundle.transforms.breast.dictionary import BreastMaskd, parse_film
+from glam_bundle.transforms.breast.dictionary import BreastMaskd, InvertNegatived, parse_film
 from glam_bundle.transforms.chain import (
     default_preprocessing,
     finish_transforms,
@@ -55,6 +56,7 @@ from glam_bundle.transforms.spatial.dictionary import (
 __all__ = [
     "NYU_PIXEL_SPACING_MM",
     "BreastMaskd",
+    "InvertNegatived",
     "OrientBreastd",
     "CropBreastd",
     "BestCenterWindowd",
@@ -72,6 +74,7 @@ __all__ = [
     "otsu_threshold",
     "chest_wall_on_right",
     "film_from_pixels",
+    "negative_image",
     "remove_thin_strips",
     "view_from_image",
     "parse_film",

@@ -11,7 +11,8 @@ Order (``[...]`` only when asked for)::
 
     load_transforms:   LoadImaged(image) -> LoadImaged(mask_benign, mask_malignant, label_map) -> SplitLabelMapd
                        -> MakeLabeld -> StackMasksd
-    frame_transforms:  ResampleToSpacingd (unless spacing=None) -> BreastMaskd -> OrientBreastd -> CropBreastd
+    frame_transforms:  ResampleToSpacingd (unless spacing=None) -> InvertNegatived -> BreastMaskd -> OrientBreastd
+                       -> CropBreastd
     window_transforms: BestCenterWindowd -> [RandWindowNoised]
     finish_transforms: NormalizeIntensityd -> EnsureTyped -> DeleteItemsd(breast_mask)
 
@@ -42,7 +43,7 @@ from glam_bundle.constants import (
     PATCH_SIZE,
 )
 from glam_bundle.data.readers import MammogramReader
-from glam_bundle.transforms.breast.dictionary import BreastMaskd, parse_film
+from glam_bundle.transforms.breast.dictionary import BreastMaskd, InvertNegatived, parse_film
 from glam_bundle.transforms.label.dictionary import MakeLabeld, SplitLabelMapd, StackMasksd
 from glam_bundle.transforms.spatial.dictionary import (
     BestCenterWindowd,
@@ -169,6 +170,7 @@ def frame_transforms(
         transforms.append(ResampleToSpacingd(keys=(IMAGE_KEY, "mask"), pixel_spacing=spacing))
     method = {True: "film", False: "original", "auto": "auto"}[film]
     return transforms + [
+        InvertNegatived(keys=IMAGE_KEY),
         BreastMaskd(
             keys=IMAGE_KEY,
             method=method,

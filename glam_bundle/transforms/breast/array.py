@@ -16,6 +16,7 @@ __all__ = [
     "flat_background_fraction",
     "ragged_background_specks",
     "film_from_pixels",
+    "negative_image",
     "chest_wall_corner_coverage",
     "view_from_image",
 ]
@@ -251,6 +252,22 @@ def ragged_background_specks(image: np.ndarray, speck: int = 20) -> float:
             sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
             specks += int((sizes <= speck).sum())
     return 1000.0 * specks / edge
+
+
+def negative_image(image: np.ndarray, min_background_at_max: float = 0.05, max_flat_at_min: float = 0.02) -> bool:
+    """Is this a negative mammogram: stored inverted, dense tissue dark and the background white?
+
+    A MONOCHROME1 image exported without its inversion (a common slip of DICOM-to-PNG conversions) has the
+    digital unit's flat background at the image's *maximum*: at least ``min_background_at_max`` (5 %) of the
+    pixels hold exactly the maximum, and no flat region sits at the minimum (:func:`flat_background_fraction`
+    under ``max_flat_at_min``). Positive images have their flat background at the minimum, or none (film); on
+    the shared sets at most 0.3 % of a mammogram's pixels hold its maximum (burned-in labels, saturated specks).
+    """
+    image = np.asarray(image)
+    if not image.size:
+        return False
+    at_max = float(np.mean(image == image.max()))
+    return at_max >= min_background_at_max and flat_background_fraction(image) < max_flat_at_min
 
 
 def film_from_pixels(

@@ -15,11 +15,12 @@ from glam_bundle.transforms.breast.array import (
     breast_region,
     film_breast_mask,
     film_from_pixels,
+    negative_image,
     original_breast_mask,
 )
 from glam_bundle.transforms.utils import as_meta_tensor, chest_wall_side, image_plane, source_name
 
-__all__ = ["BreastMaskd", "parse_film"]
+__all__ = ["BreastMaskd", "InvertNegatived", "parse_film"]
 
 
 def parse_film(value, name: str = "film"):
@@ -30,6 +31,27 @@ def parse_film(value, name: str = "film"):
     if isinstance(value, str) and value.strip().lower() in ("true", "false", "auto"):
         return {"true": True, "false": False, "auto": "auto"}[value.strip().lower()]
     raise ValueError(f"{name} must be true, false or \"auto\", got {value!r} of type {type(value).__name__}.")
+
+
+class InvertNegatived(MapTransform):
+    """Turn a negative mammogram (dense tissue dark, background white: :func:`negative_image`) positive.
+
+    The image (C, H, W) becomes ``max + min - image``, so its flat background lands at the minimum, where the
+    breast mask and the window's padding expect it. Recorded in the image meta: ``"inverted"`` (bool) and
+    ``"inverted_source"`` ("pixels:background-at-maximum" when inverted, else "none").
+    """
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = as_meta_tensor(d[key])
+            inverted = negative_image(image_plane(image))
+            if inverted:
+                image = image.max() + image.min() - image
+            image.meta.update({"inverted": inverted,
+                               "inverted_source": "pixels:background-at-maximum" if inverted else "none"})
+            d[key] = image
+        return d
 
 
 class BreastMaskd(MapTransform):
