@@ -312,10 +312,10 @@ def test_predictions_csv_meta_columns_from_the_image_meta(tmp_path):
     assert [{k: r[k] for k in META_COLUMNS} for r in rows] == [
         {"view": "MLO", "view_source": "pectoral muscle", "laterality": "R", "laterality_source": "file name",
          "film": "true", "film_source": "pixels", "pixel_spacing_mm": "0.2 0.2", "source_spacing_mm": "",
-         "spacing_source": "datalist"},
+         "spacing_source": "datalist", "inverted": ""},
         {"view": "CC", "view_source": "DICOM ViewPosition", "laterality": "", "laterality_source": "none",
          "film": "false", "film_source": "DICOM Modality", "pixel_spacing_mm": "0.07 0.08",
-         "source_spacing_mm": "", "spacing_source": "DICOM PixelSpacing"},
+         "source_spacing_mm": "", "spacing_source": "DICOM PixelSpacing", "inverted": ""},
     ]
     assert [(r["saliency_file"], r["figure_file"]) for r in rows] == [("", ""), ("", "")]
 

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 # Image meta keys written as columns when the preprocessing records them (empty otherwise).
 META_COLUMNS = (
     "view", "view_source", "laterality", "laterality_source", "film", "film_source", "pixel_spacing_mm",
-    "source_spacing_mm", "spacing_source",
+    "source_spacing_mm", "spacing_source", "inverted",
 )
 # The first six columns are those of 0.1.0, in their order; new columns come after them.
 PREDICTION_COLUMNS = (
@@ -175,7 +175,7 @@ class GLAMInferenceWriter:
     run gets ``_2``, ``_3``, ... For the run: ``predictions.csv`` (``PREDICTION_COLUMNS``: image,
     benign_pred, malignant_pred, labels when known, patch corners, then the output files relative to
     ``output_dir`` and, when the image meta holds them, view, laterality, film and pixel spacing with their
-    sources) and ``failures.csv`` (image, error) with the cases that could not be read or written. All files appear
+    sources, and ``inverted``) and ``failures.csv`` (image, error) with the cases that could not be read or written. All files appear
     atomically; while the run goes on, rows are appended (and flushed) to ``predictions.csv.partial``, so a
     killed run keeps every finished prediction. At the end of the run, :meth:`log_summary` (the config's last run
     step) logs how many images failed and where they are listed; when every image failed the handler raises
