@@ -231,8 +231,6 @@ class GLAMInferenceWriter:
         self.num_failed = 0
         self.write_failures: list[dict[str, str]] = []
         self._stems: set[str] = set()
-        self._partial: Any = None  # open handle of predictions.csv.partial during a run
-        self._writer: Any = None
         self._executor: ThreadPoolExecutor | None = None
         self._pending: Future | None = None
 
@@ -251,8 +249,6 @@ class GLAMInferenceWriter:
         self.wait()
         self.num_written, self.num_failed, self.write_failures, self._stems = 0, 0, [], set()
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        if self._partial is not None:
-            self._partial.close()
         if distributed.is_distributed():  # no resume under torchrun (see the class docstring)
             done = []
             if self._partial_path.exists() or (self.output_dir / "predictions.csv.partial").exists():
@@ -260,10 +256,17 @@ class GLAMInferenceWriter:
                                "every image is processed again", self.output_dir)
         else:
             done = _read_partial_rows(self._partial_path, self.output_dir)  # a killed run's finished images
-        self._partial = open(self._partial_path, "w", newline="", encoding="utf-8")
-        self._writer = csv.DictWriter(self._partial, fieldnames=list(PREDICTION_COLUMNS))
-        self._writer.writeheader()
+        self._append_partial([], header=True)
         self._resume_done_images(engine, done)
+
+    def _append_partial(self, rows: list[Mapping[str, Any]], header: bool = False) -> None:
+        """Append rows to ``predictions.csv.partial`` (with ``header``: start it anew). The file is open only
+        while it is written, so a run stopped by an error (a full disk) holds no handle of it."""
+        with open(self._partial_path, "w" if header else "a", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(PREDICTION_COLUMNS))
+            if header:
+                writer.writeheader()
+            writer.writerows(rows)
 
     def _resume_done_images(self, engine: Engine, rows: list[dict[str, str]]) -> None:
         """Resume a killed run: keep the rows of ``predictions.csv.partial`` whose outputs are complete (``rows``,
@@ -277,14 +280,13 @@ class GLAMInferenceWriter:
             logger.warning("inference: %s of a killed run discarded (this dataset's items cannot be skipped); "
                            "every image is processed again", self._partial_path)
             return
+        self._append_partial(rows)
         for row in rows:
-            self._writer.writerow(row)
             stem = row.get("saliency_file") or row.get("figure_file") or ""
             for suffix in ("_saliency.nii.gz", "_figure.png"):
                 stem = stem[: -len(suffix)] if stem.endswith(suffix) else stem
             if stem:
                 self._stems.add(stem.lower())
-        self._partial.flush()
         self.num_written = len(rows)
         logger.info("inference: resuming a killed run in %s: %d images already done are skipped, %d to go "
                     "(delete %s to process every image again)", self.output_dir, len(rows), skipped,
@@ -371,7 +373,6 @@ class GLAMInferenceWriter:
                     raise
                 logger.exception("could not write outputs for %s", case["path"])
                 self.write_failures.append({"image": case["path"], "error": f"writing outputs failed: {error}"})
-        self._partial.flush()
 
     def _write_case(self, case: Mapping[str, Any]) -> None:
         path, prediction, label, locations = case["path"], case["prediction"], case["label"], case["locations"]
@@ -388,8 +389,7 @@ class GLAMInferenceWriter:
                              self.crop_size, mask=case.get("mask"), title=Path(path).name,
                              predictions={self.prediction_key: prediction.tolist()}, labels=label.tolist(),
                              **case["maps"])
-        self.num_written += 1
-        self._writer.writerow({
+        self._append_partial([{
             "image": path,
             "benign_pred": f"{prediction[0]:.6f}",
             "malignant_pred": f"{prediction[1]:.6f}",
@@ -399,7 +399,8 @@ class GLAMInferenceWriter:
             "saliency_file": saliency_file,
             "figure_file": figure_file,
             **case["meta"],
-        })
+        }])
+        self.num_written += 1
 
     def _write_label(self, stem: str, saliency: torch.Tensor, item: Mapping[str, Any]) -> None:
         """``<stem>_label.png``: the case's S_c (2, H, W) as a label map on its input image's pixels."""
@@ -410,8 +411,6 @@ class GLAMInferenceWriter:
     def write_failures_file(self, engine: Engine) -> None:
         self.wait()
         failures = [*getattr(engine.state, "failures", []), *self.write_failures]
-        self._partial.close()
-        self._partial = None
         if distributed.is_distributed():
             failures = self._merge_ranks(engine, failures)
         else:

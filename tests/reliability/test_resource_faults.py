@@ -45,6 +45,20 @@ def _fill_disk_after(monkeypatch, n_writes: int, match: str = "") -> None:
     monkeypatch.setattr(io, "open", full_disk)
 
 
+def _open_files_under(folder) -> list[str]:
+    """Files below ``folder`` this process holds open (read from /proc; [] where there is none)."""
+    held = []
+    fd_dir = "/proc/self/fd"
+    for fd in os.listdir(fd_dir) if os.path.isdir(fd_dir) else []:
+        try:
+            target = os.readlink(os.path.join(fd_dir, fd))
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith(str(folder)):
+            held.append(target)
+    return held
+
+
 def _workflow(config: str, workflow_type: str, **override) -> ConfigWorkflow:
     workflow = ConfigWorkflow(config_file=str(REPO_ROOT / config), meta_file=str(REPO_ROOT / "metadata.json"),
                               workflow_type=workflow_type, logging_file=False, **override)
@@ -64,6 +78,7 @@ def test_disk_full_during_inference_keeps_what_was_written(tmp_path, monkeypatch
     monkeypatch.undo()
     line = user_error_message(info.value)
     assert line and line.startswith("disk full (writing ") and "free some space" in line, line
+    assert _open_files_under(out) == []  # the stopped run holds no file (a server process would leak them)
     rows = C.read_csv(out / "predictions.csv.partial")
     assert 1 <= len(rows) < 4 and not (out / "predictions.csv").exists()
     for row in rows:  # what was written is whole
@@ -174,6 +189,7 @@ def test_real_full_disk_small_tmpfs(tmp_path):
         assert stopped is not None, "a full disk must stop the run"
         line = user_error_message(stopped)
         assert line and line.startswith("disk full ("), line
+        assert _open_files_under(disk) == []  # else the disk could not be unmounted below
         rows = C.read_csv(out / "predictions.csv.partial")
         assert 1 <= len(rows) < 4
         for row in rows:
@@ -188,4 +204,5 @@ def test_real_full_disk_small_tmpfs(tmp_path):
         if stopped is not None:  # resumed: the rows done before are kept as they were
             assert [r for r in final if r["image"] in {p["image"] for p in rows}] == rows
     finally:
-        subprocess.run(["umount", str(disk)], capture_output=True, timeout=30)
+        unmounted = subprocess.run(["umount", str(disk)], capture_output=True, timeout=30)
+    assert unmounted.returncode == 0, unmounted.stderr
