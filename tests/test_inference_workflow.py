@@ -1,9 +1,12 @@
 """The inference workflow (configs/inference.json): outputs, bad input, parity with the original pipeline."""
 
 import csv
+import gc
 import json
 import subprocess
 import sys
+import threading
+import time
 
 import nibabel as nib
 import numpy as np
@@ -143,6 +146,7 @@ def test_background_writer_keeps_order_failures_and_stops_on_a_full_disk(tmp_pat
     with open(tmp_path / "out" / "failures.csv", newline="") as handle:
         failures = list(csv.DictReader(handle))
     assert [f["image"] for f in failures] == ["/d/case3.png"] and "Permission denied" in failures[0]["error"]
+    assert not _writer_threads()  # the run's thread ends with the run
 
     def full_disk(image, path):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
@@ -154,6 +158,18 @@ def test_background_writer_keeps_order_failures_and_stops_on_a_full_disk(tmp_pat
     writer.write_iteration(_engine(*next(batches)))  # handed to the writer thread: the engine goes on
     with pytest.raises(OSError, match="No space left"):
         writer.write_iteration(_engine(*next(batches)))  # waits for the previous image's files first
+    assert _writer_threads()
+    del writer  # the run stopped on the error; a server drops the workflow and goes on
+    gc.collect()
+    for _ in range(100):  # the idle thread sees the shutdown and ends
+        if not _writer_threads():
+            break
+        time.sleep(0.05)
+    assert not _writer_threads()
+
+
+def _writer_threads() -> list:
+    return [t for t in threading.enumerate() if t.name.startswith("glam-inference-writer") and t.is_alive()]
 
 
 def test_release_outputs_drops_the_iteration_tensors():

@@ -6,6 +6,7 @@ import atexit
 import csv
 import logging
 import os
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -232,6 +233,7 @@ class GLAMInferenceWriter:
         self.write_failures: list[dict[str, str]] = []
         self._stems: set[str] = set()
         self._executor: ThreadPoolExecutor | None = None
+        self._exit_hook: Callable[[], Any] | None = None
         self._pending: Future | None = None
 
     def attach(self, engine: Engine) -> None:
@@ -312,8 +314,13 @@ class GLAMInferenceWriter:
         self.wait()  # one batch in flight at most
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="glam-inference-writer")
+            # a writer dropped after a run stopped by an error (a server goes on) takes its thread with it, so the
+            # exit hook holds it weakly
+            weakref.finalize(self, self._executor.shutdown, wait=False)
+            writer = weakref.ref(self)
+            self._exit_hook = lambda: writer() is not None and writer()._finish_quietly()
             # the one-line error exit (glam_bundle.errors) runs atexit functions, not the thread joins
-            atexit.register(self._finish_quietly)
+            atexit.register(self._exit_hook)
         self._pending = self._executor.submit(self._write_cases, cases)
 
     def wait(self) -> None:
@@ -321,6 +328,15 @@ class GLAMInferenceWriter:
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.result()
+
+    def _close_thread(self) -> None:
+        """End the writer thread once the run's files are written (a new run starts another)."""
+        if self._exit_hook is not None:
+            atexit.unregister(self._exit_hook)
+            self._exit_hook = None
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)
 
     def _finish_quietly(self) -> None:
         """At exit after an error: let the writer thread finish its batch (its error, if any, is already moot)."""
@@ -410,6 +426,7 @@ class GLAMInferenceWriter:
 
     def write_failures_file(self, engine: Engine) -> None:
         self.wait()
+        self._close_thread()
         failures = [*getattr(engine.state, "failures", []), *self.write_failures]
         if distributed.is_distributed():
             failures = self._merge_ranks(engine, failures)
