@@ -75,7 +75,8 @@ class MammogramDicomReader(PydicomReader):
     Mammograms are projection images without ImageOrientationPatient/ImagePositionPatient; their affine is
     then diag(row spacing, column spacing, 1, 1) from PixelSpacing or ImagerPixelSpacing (1 when absent).
 
-    DICOM-level problems (missing file, not a DICOM, no pixel data, undecodable pixel data, multi-frame, a raw
+    DICOM-level problems (missing file, not a DICOM, no pixel data, undecodable pixel data, multi-frame
+    (:func:`check_single_frame`), a raw
     "FOR PROCESSING" image: :func:`check_for_presentation`) raise :class:`BadInputError` from ``get_data``. Content checks (size, constant, NaN) are done by
     :class:`MammogramReader`.
 
@@ -132,6 +133,7 @@ class MammogramDicomReader(PydicomReader):
             try:
                 check_file(name)
                 header = dcmread(name, **{**kwargs_, "stop_before_pixels": True})
+                check_single_frame(name, header)
                 check_declared_size(name, dicom_declared_size(header), self._max_pixels, self._max_bytes)
                 check_for_presentation(name, header)
                 datasets.append(dcmread(name, **kwargs_))
@@ -179,9 +181,7 @@ class MammogramDicomReader(PydicomReader):
         return affine
 
     def _get_array_data(self, img, filename) -> np.ndarray:
-        frames = int(getattr(img, "NumberOfFrames", 1) or 1)
-        if frames > 1:
-            raise BadInputError(filename, f"multi-frame DICOM ({frames} frames); expected one 2-D image")
+        check_single_frame(filename, img)
         if not any(keyword in img for keyword in _PIXEL_DATA_KEYWORDS):
             raise BadInputError(filename, "DICOM has no pixel data")
         try:
@@ -208,6 +208,18 @@ class MammogramDicomReader(PydicomReader):
         lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
         ends = self._to_display(np.array([lo, hi], dtype=np.int64 if signed else np.uint64), img)
         return float(ends.min()), float(ends.max())
+
+
+def check_single_frame(filename: PathLike, ds) -> None:
+    """Refuse a multi-frame DICOM (a tomosynthesis volume, a series in one file) from its header, before its size
+    is weighed: it is no 2-D mammogram however large the limit. Raises :class:`BadInputError` naming the file."""
+    frames = _dicom_int(ds, "NumberOfFrames", 1)
+    if frames > 1:
+        raise BadInputError(
+            filename,
+            f"multi-frame DICOM ({frames} frames: a tomosynthesis volume or several images in one file); GLAM reads "
+            "one 2-D mammogram: use the 2-D or synthesised 2-D view",
+        )
 
 
 def check_for_presentation(filename: PathLike, ds) -> None:

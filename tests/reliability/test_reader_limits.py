@@ -137,14 +137,18 @@ def test_dicom_reader_alone_checks_the_header(tmp_path):
         LoadImaged(keys="image", reader=MammogramDicomReader())({"image": str(path)})
 
 
-def test_multiframe_dicom_counts_its_frames(tmp_path):
+def test_multiframe_dicom_is_refused_as_such_before_its_size(tmp_path):
+    # a tomosynthesis volume (8 x 4000 x 4000 at 16 bits = 256 MB, over the size limit): the frames are the problem
     path = write_dicom(tmp_path / "frames.dcm", np.ones((1, 1), dtype=np.uint16), bits_stored=16)
     from pydicom import dcmread
 
     ds = dcmread(path)
     ds.Rows, ds.Columns, ds.NumberOfFrames = 4000, 4000, 8
     ds.save_as(path)
-    assert "declares 4000x4000x8 pixels" in str(refusal(path))
+    assert str(refusal(path)) == (
+        f"{path}: multi-frame DICOM (8 frames: a tomosynthesis volume or several images in one file); GLAM reads one "
+        "2-D mammogram: use the 2-D or synthesised 2-D view"
+    )
 
 
 SUFFIXES = PIL_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES + ITK_SUFFIXES + ("",)
