@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -716,3 +717,27 @@ def test_geometry_scale_lets_small_images_through_the_original_erosion_and_buffe
     out = default_preprocessing((368, 240), min_size=0, geometry_scale=368 / 2944)(dict(item))
     assert out["image"].shape == (1, 368, 240)
     assert out["image"].meta["crop_box"] is not None
+
+
+def test_cache_fingerprint_follows_the_preprocessing_code(tmp_path, monkeypatch):
+    """A bundle whose readers or transforms changed (a fixed rule) must not reuse the cache entries of the old code."""
+    from glam_bundle.data import cache
+
+    chain = default_preprocessing().transforms
+    before = transform_fingerprint(chain)
+    code = cache.preprocessing_code_fingerprint()
+    assert len(code) == 64 and cache.preprocessing_code_fingerprint() == code  # stable within a version
+    monkeypatch.setattr(cache, "preprocessing_code_fingerprint", lambda: "0" * 64)  # as another version's code
+    assert transform_fingerprint(chain) != before
+    # the hashed sources are the transforms and the readers
+    package = Path(cache.__file__).resolve().parents[1]
+    monkeypatch.undo()
+    cache.preprocessing_code_fingerprint.cache_clear()
+    edited = tmp_path / "glam_bundle"
+    shutil.copytree(package, edited, ignore=shutil.ignore_patterns("__pycache__"))
+    (edited / "transforms" / "breast" / "array.py").write_text(
+        (edited / "transforms" / "breast" / "array.py").read_text() + "\n# a changed rule\n")
+    monkeypatch.setattr(cache, "__file__", str(edited / "data" / "cache.py"))
+    assert cache.preprocessing_code_fingerprint() != code
+    cache.preprocessing_code_fingerprint.cache_clear()
+

@@ -12,6 +12,7 @@ This module does not import :mod:`glam_bundle.transforms` (which re-exports ``ma
 from __future__ import annotations
 
 import atexit
+import functools
 import hashlib
 import json
 import logging
@@ -82,14 +83,33 @@ def _describe(obj: Any, depth: int = 0) -> Any:
     return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(obj))  # e.g. torch.float32, enums
 
 
+@functools.lru_cache(maxsize=1)
+def preprocessing_code_fingerprint() -> str:
+    """sha256 of the source of the code that decides what a preprocessing cache entry holds: the readers and every
+    transform of the bundle. A new version of the bundle (a changed rule, a fixed bug) then misses the entries an
+    older one wrote instead of reusing them."""
+    package = Path(__file__).resolve().parents[1]
+    sources = sorted((package / "transforms").rglob("*.py")) + [
+        package / "data" / name for name in ("readers.py", "dicom_reader.py", "image_checks.py")
+    ]
+    digest = hashlib.sha256()
+    for source in sources:
+        digest.update(source.relative_to(package).as_posix().encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()
+
+
 def transform_fingerprint(transforms: Sequence | Transform) -> bytes:
-    """Hash (bytes, as MONAI's ``hash_transform`` expects) of the transforms' classes and parameters.
+    """Hash (bytes, as MONAI's ``hash_transform`` expects) of the transforms' classes and parameters and of the
+    bundle's preprocessing code (:func:`preprocessing_code_fingerprint`).
 
     MONAI's ``json_hashing`` cannot serialise transform objects and silently falls back to hashing the
     class names only (so a new window size would reuse stale cache entries); ``pickle_hashing`` depends on
     pickle's byte layout. This hashes a sorted JSON description of every public attribute instead.
     """
-    description = _describe(list(transforms) if isinstance(transforms, Sequence) else [transforms])
+    description = {
+        "code": preprocessing_code_fingerprint(),
+        "transforms": _describe(list(transforms) if isinstance(transforms, Sequence) else [transforms]),
+    }
     dump = json.dumps(description, sort_keys=True, default=str).encode("utf-8")
     return hashlib.sha256(dump).hexdigest().encode()
 
