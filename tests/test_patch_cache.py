@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from ignite.engine import Events
 from monai.data import Dataset
+from monai.transforms import Compose, Lambdad
 from PIL import Image
 
 from glam_bundle.atomic_io import save_png_atomic
@@ -223,6 +224,14 @@ def test_cache_is_reused_and_rebuilt_when_the_checkpoint_or_parameters_change(tm
     _, summary = build(tmp_path, dataset, checkpoint=checkpoint, num_patches=2)
     assert summary["cache"] == "rebuilt" and dataset.reads == 5
     assert PatchCacheDataset(tmp_path / "cache")[0]["patches"].shape[0] == 2
+
+    # the same checkpoint and items through another preprocessing chain: the patches are cut anew
+    for transform, expected in ((Compose([Lambdad("image", lambda x: x)]), "rebuilt"),
+                                (Compose([Lambdad("image", lambda x: x)]), "hit"),
+                                (Compose([Lambdad("image", lambda x: x), Lambdad("mask", lambda x: x)]), "rebuilt")):
+        dataset.transform, dataset.reads = transform, 0
+        _, summary = build(tmp_path, dataset, checkpoint=checkpoint, num_patches=2)
+        assert summary["cache"] == expected and dataset.reads == (5 if expected == "rebuilt" else 0)
 
 
 def test_checkpoint_without_a_global_module_is_refused(tmp_path):

@@ -28,13 +28,14 @@ from typing import Any
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from monai.transforms import Compose
 from monai.utils import convert_to_tensor
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from glam_bundle.checkpoint import file_sha256, load_global_module
 from glam_bundle.constants import CLASS_NAMES
-from glam_bundle.data.cache import item_fingerprint
+from glam_bundle.data.cache import item_fingerprint, transform_fingerprint
 from glam_bundle.data.failures import SkipBadCases, failure_message, is_failure
 from glam_bundle.data.patch_cache import (
     FORMAT_VERSION,
@@ -93,7 +94,7 @@ class PatchSelection:
 
     The cache is reused (summary ``"cache": "hit"``, no image is read) when ``index.json`` names the same stage-1
     checkpoint sha256, the same parameters (``num_patches``, ``crop_size``, ``seed``, ``storage_dtype``,
-    ``min_breast_fraction``) and the same items (datalist entries with their files' size and time, found through
+    ``min_breast_fraction``, the fingerprint of the dataset's preprocessing) and the same items (datalist entries with their files' size and time, found through
     the dataset's ``.data``; else only the number of items is compared), and every patch file is there.
     Otherwise it is rebuilt (``"rebuilt"``); patch files of an interrupted build with the same key are reused,
     files no longer listed are deleted once the new ``index.json`` is written.
@@ -187,7 +188,20 @@ class PatchSelection:
             "min_breast_fraction": self.min_breast_fraction,
             "positive_selection": "algorithm1",
             "negative_selection": "random",
+            "preprocessing": self._preprocessing_fingerprint(),
         }
+
+    def _preprocessing_fingerprint(self) -> str | None:
+        """:func:`transform_fingerprint` of the dataset's transform (the patches are cut from its output, so a
+        changed chain -- another window, film rule or bundle version -- must rebuild them); None without one."""
+        dataset = self.dataset
+        for _ in range(4):  # through wrappers that keep the dataset as ``.dataset``
+            transform = getattr(dataset, "transform", None)
+            if transform is not None:
+                transforms = transform.transforms if isinstance(transform, Compose) else transform
+                return transform_fingerprint(transforms).decode()
+            dataset = getattr(dataset, "dataset", None)
+        return None
 
     def run(self) -> dict[str, Any]:
         """Reuse or build the cache; returns the summary (``cache`` "hit"/"rebuilt", counts, patch recall)."""
