@@ -31,6 +31,7 @@ __all__ = [
     "MAX_IMAGE_PIXELS",
     "MAX_IMAGE_BYTES",
     "GRAY_CHANNEL_TOLERANCE",
+    "CHEST_WALL_CLEAR_RATIO",
     "TINY_NETWORK",
 ]
 
@@ -84,6 +85,11 @@ MAX_IMAGE_BYTES: int = 8000 * 8000 * 2
 # or palette file still counts as a gray mammogram (glam_bundle.data.image_checks.gray_from_channels): a gray image
 # stored as colour JPEG (chroma subsampling, ringing) differs by a few levels of 255.
 GRAY_CHANNEL_TOLERANCE: float = 0.02
+# When the breast's outer tenth on one side holds at least this many times the pixels of the other's, the image
+# itself says where the chest wall is, and that decides the orientation even against the laterality tag (a view
+# stored mirrored, a wrong tag); the shared sets' views give 2.3-44, one ambiguous mini-MIAS view 1.2
+# (glam_bundle.transforms.breast.array.chest_wall_evidence).
+CHEST_WALL_CLEAR_RATIO: float = 2.0
 
 # GLAM keyword arguments of the narrowest network the tests and the benchmarks' smoke presets build (a few thousand
 # parameters): not a model to train, one that runs every code path in seconds. Config overrides:

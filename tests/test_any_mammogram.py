@@ -259,6 +259,18 @@ def test_digital_background_above_or_below_zero_is_shifted_to_zero(chain, tmp_pa
     assert np.corrcoef(out["image"].numpy().ravel(), plain["image"].numpy().ravel())[0, 1] > 0.98
 
 
+def test_view_stored_mirrored_to_its_laterality_tag_faces_right(chain, tmp_path):
+    # a left breast whose archive stores it with the chest wall on the right (or a wrong tag): the image decides
+    phantom = make_phantom(1104, 720, view="CC", laterality="L", lesions=("benign",), rng=13)
+    mirrored = np.ascontiguousarray(phantom.image[:, ::-1]).astype(np.uint16)
+    tags = dict(SOPClassUID="1.2.840.10008.5.1.4.1.1.1.2", ImageLaterality="L", ViewPosition="CC")
+    out = chain({"image": str(write_dicom(tmp_path / "mirrored.dcm", mirrored, **tags))})
+    meta = out["image"].meta
+    assert _faces_right(out) and meta["flipped"]
+    assert (meta["orientation_rule"], meta["laterality"], meta["laterality_source"]) == (
+        "content (laterality disagrees)", "L", "dicom")
+
+
 def test_negative_png_is_turned_positive(chain, tmp_path):
     # a digital view exported without its MONOCHROME1 inversion: background white, dense tissue dark
     phantom = make_phantom(1104, 720, view="MLO", laterality="R", lesions=("malignant",), rng=11)

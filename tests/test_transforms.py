@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -49,6 +50,13 @@ def breast_plane(height: int = 240, width: int = 160, chest_wall: str = "left", 
     depth = cols if chest_wall == "left" else width - 1 - cols
     distance = ((rows - height * 0.45) / (height * 0.38)) ** 2 + (depth / (width * 0.7)) ** 2
     return np.where(distance < 1, value * (1.5 - distance), 0).astype(np.float32)
+
+
+def sideless_plane(height: int = 240, width: int = 160) -> np.ndarray:
+    """(H, W) float32 rectangle: no side looks more like a chest wall than the other."""
+    plane = np.zeros((height, width), np.float32)
+    plane[20 : height - 20, 30 : width - 30] = 1000.0
+    return plane
 
 
 def meta_image(plane: np.ndarray, **meta) -> MetaTensor:
@@ -191,7 +199,7 @@ def test_breast_maskd_rejects_an_image_without_breast():
     [("L", None, False), ("R", None, True), ("L", "YES", True), ("R", "YES", False), ("R", "NO", True)],
 )
 def test_orient_from_laterality_flips_image_and_masks(laterality, horizontal_flip, expect_flip):
-    plane = breast_plane(chest_wall="left")
+    plane = sideless_plane()  # the laterality decides
     mask = torch.zeros(2, 240, 160, dtype=torch.bool)
     mask[0, 100:110, 10:20] = True
     item = {"image": meta_image(plane), "mask": mask.clone(), "laterality": laterality}
@@ -204,6 +212,20 @@ def test_orient_from_laterality_flips_image_and_masks(laterality, horizontal_fli
     assert torch.equal(torch.as_tensor(out["mask"]), expected_mask)
     assert out["image"].meta["flipped"] is expect_flip and out["image"].meta["orientation_rule"] == "laterality"
     assert out["laterality"] == laterality
+
+
+@pytest.mark.parametrize("laterality, horizontal_flip", [("R", None), ("L", "YES"), ("L", None), ("R", "YES")])
+def test_a_clear_chest_wall_overrides_a_laterality_that_disagrees(laterality, horizontal_flip, caplog):
+    # a view stored mirrored or a wrong tag: the image (chest wall clearly on the left) must not be flipped away
+    item = {"image": meta_image(breast_plane(chest_wall="left")), "laterality": laterality}
+    if horizontal_flip:
+        item["horizontal_flip"] = horizontal_flip
+    disagrees = (laterality == "R") != (horizontal_flip == "YES")
+    with caplog.at_level(logging.WARNING):
+        out = OrientBreastd(keys="image")(item)
+    assert not out["image"].meta["flipped"] and out["laterality"] == laterality  # the tag still names the breast
+    assert out["image"].meta["orientation_rule"] == ("content (laterality disagrees)" if disagrees else "laterality")
+    assert ("oriented by the image" in caplog.text) == disagrees
 
 
 def test_breast_mask_always_follows_the_image():
@@ -219,7 +241,7 @@ def test_breast_mask_always_follows_the_image():
 def test_orient_leaves_model_frame_masks_alone():
     mask = torch.zeros(2, 240, 160)
     mask[1, 5:9, 3:7] = 1
-    item = {"image": meta_image(breast_plane()), "mask": mask.clone(), "laterality": "R", "mask_frame": "model"}
+    item = {"image": meta_image(sideless_plane()), "mask": mask.clone(), "laterality": "R", "mask_frame": "model"}
     out = OrientBreastd(keys=("image", "mask"))(item)
     assert out["image"].meta["flipped"] and torch.equal(torch.as_tensor(out["mask"]), mask)
 

@@ -12,6 +12,7 @@ __all__ = [
     "breast_region",
     "film_breast_mask",
     "chest_wall_on_right",
+    "chest_wall_evidence",
     "remove_thin_strips",
     "flat_background_fraction",
     "ragged_background_specks",
@@ -207,19 +208,27 @@ def remove_thin_strips(mask: np.ndarray, width: float) -> np.ndarray:
     return _largest_component(mask & near)
 
 
-def chest_wall_on_right(mask: np.ndarray) -> bool:
-    """Content rule for the breast's orientation: is the chest wall on the right of this (H, W) mask?
+def chest_wall_evidence(mask: np.ndarray) -> tuple[bool, float]:
+    """Content rule for the breast's orientation: (is the chest wall on the right of this (H, W) mask, how clearly).
 
     The chest wall is a long vertical edge of the breast region while the nipple side tapers to a point,
-    so the breast has more pixels in the outer tenth of its bounding box on the chest-wall side.
+    so the breast has more pixels in the outer tenth of its bounding box on the chest-wall side. The second value
+    is the ratio of the two tenths' pixels, larger over smaller (1: no evidence; 2.3-44 on the shared sets'
+    views, except mini-MIAS mdb152, 1.2).
     """
     columns = np.asarray(mask, dtype=bool).sum(axis=0)
     occupied = np.flatnonzero(columns)
     if occupied.size == 0:
-        return False
+        return False, 1.0
     first, last = int(occupied[0]), int(occupied[-1])
     band = max(1, (last - first + 1) // 10)
-    return int(columns[last - band + 1 : last + 1].sum()) > int(columns[first : first + band].sum())
+    right, left = int(columns[last - band + 1 : last + 1].sum()), int(columns[first : first + band].sum())
+    return right > left, max(right, left) / max(min(right, left), 1)
+
+
+def chest_wall_on_right(mask: np.ndarray) -> bool:
+    """Is the chest wall on the right of this (H, W) mask? (:func:`chest_wall_evidence`)"""
+    return chest_wall_evidence(mask)[0]
 
 
 def flat_background_fraction(image: np.ndarray, padding: float = 0.95) -> float:

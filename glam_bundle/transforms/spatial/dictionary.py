@@ -34,9 +34,9 @@ from monai.data.meta_obj import get_track_meta
 from monai.transforms import BorderPad, Flip, InvertibleTransform, MapTransform, RandomizableTransform, Resize, SpatialCrop
 from monai.utils import TraceKeys, ensure_tuple
 
-from glam_bundle.constants import MODEL_FRAME_SIZE, NYU_PIXEL_SPACING_MM
+from glam_bundle.constants import CHEST_WALL_CLEAR_RATIO, MODEL_FRAME_SIZE, NYU_PIXEL_SPACING_MM
 from glam_bundle.data.errors import BadInputError
-from glam_bundle.transforms.breast.array import chest_wall_on_right, view_from_image
+from glam_bundle.transforms.breast.array import chest_wall_evidence, view_from_image
 from glam_bundle.transforms.spatial.array import best_center, crop_geometry, spacing_pair, window_geometry
 from glam_bundle.transforms.utils import (
     as_meta_tensor,
@@ -159,7 +159,9 @@ class OrientBreastd(_GeometryMapTransform):
     horizontal_flip 'NO'; 'YES' in the item's ``flip_key`` reverses this). Laterality comes from the item
     key ``"laterality"``, else from the image meta (the reader copies DICOM ImageLaterality/Laterality).
     When laterality is unknown, or with ``mode="auto"``, the image content decides
-    (:func:`chest_wall_on_right` on ``breast_mask_key``, or on pixel > 0 when there is no breast mask).
+    (:func:`chest_wall_evidence` on ``breast_mask_key``, or on pixel > 0 when there is no breast mask); it also
+    decides against the laterality when it is clear (``CHEST_WALL_CLEAR_RATIO``) and says the opposite (a view
+    stored mirrored, a wrong tag: ``"orientation_rule"`` "content (laterality disagrees)", logged).
 
     Laterality and view come from the item ("datalist"), the reader's DICOM tags ("dicom") or the file name
     of the common datasets ("filename": ``LEFT_CC``, ``_L_MLO``, ``L-CC``, ``RMLO``); an unknown laterality
@@ -169,7 +171,7 @@ class OrientBreastd(_GeometryMapTransform):
     "image") when there is a breast mask and ``view_from_image``, else ``default_view`` ("default").
 
     Keys: ``keys`` = the image (C, H, W) and the masks that follow it ((C, H, W), any dtype). Writes the
-    image meta ``"flipped"``, ``"orientation_rule"`` ("laterality"/"content"), ``"laterality"``,
+    image meta ``"flipped"``, ``"orientation_rule"`` ("laterality"/"content"/"content (laterality disagrees)"), ``"laterality"``,
     ``"laterality_source"``, ``"view"``, ``"view_source"`` and sets the item's ``"laterality"``/``"view"`` to
     the resolved values (laterality "none" when unknown) so batches collate.
     """
@@ -201,12 +203,20 @@ class OrientBreastd(_GeometryMapTransform):
         d = dict(data)
         image = as_meta_tensor(d[self.image_key])
         side = chest_wall_side(d, image, self.flip_key) if self.mode == "laterality" else None
+        reference = d.get(self.breast_mask_key)
+        reference = image_plane(reference) if reference is not None else image_plane(image) > 0
+        on_right, clearness = chest_wall_evidence(reference)
+        content_side = "right" if on_right else "left"
         rule = "laterality"
         if side is None:
-            rule = "content"
-            reference = d.get(self.breast_mask_key)
-            reference = image_plane(reference) if reference is not None else image_plane(image) > 0
-            side = "right" if chest_wall_on_right(reference) else "left"
+            rule, side = "content", content_side
+        elif side != content_side and clearness >= CHEST_WALL_CLEAR_RATIO:
+            # the laterality (and horizontal_flip) put the chest wall where the image clearly has none: a view
+            # stored mirrored or a wrong tag; the image is what must face right
+            logger.warning("%s: its laterality puts the chest wall on the %s, the image clearly has it on the %s "
+                           "(%.1f times the breast pixels): oriented by the image", source_name(image), side,
+                           content_side, clearness)
+            rule, side = "content (laterality disagrees)", content_side
         flipped = side == "right"
         laterality, laterality_source = laterality_with_source(d, image)
         if laterality is None and rule == "content" and self.mode == "laterality":
