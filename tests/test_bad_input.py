@@ -167,8 +167,8 @@ def test_three_dimensional_volume(tmp_path):
     import nibabel as nib
 
     path = tmp_path / "volume.nii.gz"
-    nib.save(nib.Nifti1Image(np.ones((BIG_H, BIG_W, 5), dtype=np.float32), np.eye(4)), path)
-    assert_bad(path, "expected a 2-D grayscale image, got an array of shape (600, 520, 5)")
+    nib.save(nib.Nifti1Image(np.ones((BIG_W, BIG_H, 5), dtype=np.float32), np.eye(4)), path)  # (x, y, z)
+    assert_bad(path, f"expected a 2-D grayscale image, got an array of shape ({BIG_H}, {BIG_W}, 5)")  # (rows, ...)
 
 
 def test_unsupported_suffix(tmp_path):

@@ -130,28 +130,41 @@ def test_several_paths_are_stacked_as_channels(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ NIfTI / ITK
-def test_nifti_array_is_used_as_hw(tmp_path):
+def test_nifti_first_axis_is_x_as_itk_and_monai_store_it(tmp_path):
     import nibabel as nib
 
-    pixels = ramp().astype(np.float32)
-    nib.save(nib.Nifti1Image(pixels, np.eye(4)), tmp_path / "a.nii.gz")
+    pixels = ramp().astype(np.float32)  # (H, W)
+    nib.save(nib.Nifti1Image(pixels.T, np.diag([0.07, 0.1, 1.0, 1.0])), tmp_path / "a.nii.gz")  # x = columns
     image = load(tmp_path / "a.nii.gz")
     assert image.shape == (H, W)
     np.testing.assert_array_equal(image.numpy(), pixels)
-    # A (H, W, 1) volume (2-D image saved as 3-D) loads as (H, W) too.
-    nib.save(nib.Nifti1Image(pixels[..., None], np.eye(4)), tmp_path / "b.nii")
+    np.testing.assert_allclose(image.meta["spacing"], [0.1, 0.07])  # (row, column)
+    # A (W, H, 1) volume (2-D image saved as a one-slice 3-D image) loads as (H, W) too.
+    nib.save(nib.Nifti1Image(pixels.T[..., None], np.eye(4)), tmp_path / "b.nii")
     np.testing.assert_array_equal(load(tmp_path / "b.nii").numpy(), pixels)
 
 
-def test_nifti_round_trip_with_monai_writer(tmp_path):
-    """What MONAI's NibabelWriter stores from a (1, H, W) tensor loads back unchanged."""
-    pixels = torch.from_numpy(ramp().astype(np.float32))[None]
+def test_nifti_written_by_monai_from_its_own_png_reading(tmp_path):
+    """MONAI's default LoadImage gives a PNG as (x, y) = (W, H); its NibabelWriter's file loads as the PNG does."""
+    Image.fromarray(ramp()).save(tmp_path / "a.png")
+    xy = LoadImage(image_only=True, ensure_channel_first=True)(tmp_path / "a.png")
+    assert tuple(xy.shape) == (1, W, H)
     writer = NibabelWriter(output_dtype=np.float32)
-    writer.set_data_array(pixels, channel_dim=0)
+    writer.set_data_array(xy, channel_dim=0)
     # resample=True with equal affines is a no-op; monai 1.6.1's resample=False path fails on 2-D data.
-    writer.set_metadata({"affine": np.eye(4), "original_affine": np.eye(4), "spatial_shape": (H, W)}, resample=True)
+    writer.set_metadata({"affine": np.eye(4), "original_affine": np.eye(4), "spatial_shape": (W, H)}, resample=True)
     writer.write(tmp_path / "written.nii.gz")
-    np.testing.assert_array_equal(load(tmp_path / "written.nii.gz").numpy(), pixels[0].numpy())
+    np.testing.assert_array_equal(load(tmp_path / "written.nii.gz").numpy(), load(tmp_path / "a.png").numpy())
+
+
+def test_dicom_converted_to_nifti_by_itk_reads_as_the_dicom(tmp_path):
+    """MONAI Label's DICOMweb datastore hands the bundle each DICOM converted to NIfTI by (Simple)ITK."""
+    import itk
+
+    pixels = ramp(scale=3)
+    dicom = write_dicom(tmp_path / "a.dcm", pixels, bits_stored=16, ImagerPixelSpacing=[0.1, 0.1])
+    itk.imwrite(itk.imread(str(dicom)), str(tmp_path / "a.nii.gz"))
+    np.testing.assert_array_equal(load(tmp_path / "a.nii.gz").numpy(), load(dicom).numpy())
 
 
 def test_mha_via_itk_hw_order_and_spacing(tmp_path):
@@ -316,7 +329,7 @@ def test_mixed_formats_collate_into_one_batch(tmp_path):
 
     Image.fromarray(ramp()).save(tmp_path / "a.png")
     write_dicom(tmp_path / "b.dcm", ramp(), Laterality="L", ViewPosition="CC")
-    nib.save(nib.Nifti1Image(ramp().astype(np.float32), np.eye(4)), tmp_path / "c.nii.gz")
+    nib.save(nib.Nifti1Image(ramp().astype(np.float32).T, np.eye(4)), tmp_path / "c.nii.gz")
     loader = LoadImaged(keys="image", reader=MammogramReader(min_size=0), ensure_channel_first=True)
     items = [loader({"image": str(tmp_path / name)}) for name in ("a.png", "b.dcm", "c.nii.gz")]
     batch = list_data_collate(items)

@@ -14,10 +14,11 @@ Conventions (shared by the whole bundle):
 
 - Arrays are (H, W): index 0 is the row (top to bottom), index 1 the column. MONAI's readers default to
   (W, H); here PIL uses ``reverse_indexing=False``, pydicom ``swap_ij=False`` and ITK ``reverse_indexing=True``.
-- NIfTI: we store 2-D images with the NIfTI data array in (H, W) order, i.e. ``data[i, j]`` is row ``i``,
-  column ``j`` -- what MONAI's ``NibabelWriter`` produces from a (1, H, W) tensor. So the nibabel array is
-  used as it is, without a transpose. (A NIfTI made by ITK-based tools from a PNG stores (x, y) = (W, H)
-  and would load transposed; convert such files first.)
+- NIfTI: the data array's first axis is x, the image's columns, and the second y, its rows -- how ITK,
+  SimpleITK, dcm2niix, 3D Slicer, MONAI's writers (from MONAI's (x, y)-ordered tensors) and MONAI Label's
+  DICOMweb datastore (which converts each DICOM to NIfTI with ITK) store 2-D images -- so ``data[i, j]`` is
+  column ``i``, row ``j`` and the nibabel array is transposed to (H, W). A trailing singleton axis (a 2-D
+  image saved as a one-slice volume) is dropped first.
 - Metadata: every format yields the same keys, so that batches mixing formats still collate:
   ``spatial_shape`` (H, W), ``original_channel_dim`` ``"no_channel"`` (so ``EnsureChannelFirstd`` or
   ``LoadImaged(ensure_channel_first=True)`` gives (1, H, W)), ``affine`` / ``original_affine`` (4x4, columns
@@ -138,8 +139,8 @@ def _uniform_affine(affine: np.ndarray | None) -> np.ndarray:
     return out
 
 
-def _itk_affine_to_row_col(affine: np.ndarray) -> np.ndarray:
-    """ITK affines index (x, y[, z]) = (column, row); reorder to our (row, column[, z]) arrays."""
+def _xy_affine_to_row_col(affine: np.ndarray) -> np.ndarray:
+    """ITK and NIfTI affines index (x, y[, z]) = (column, row); reorder to our (row, column[, z]) arrays."""
     affine = _uniform_affine(affine)
     affine[:, [0, 1]] = affine[:, [1, 0]]
     return affine
@@ -169,8 +170,8 @@ class MammogramReader(ImageReader):
       its 16-bit values, palette images are expanded to colour; an RGB(A) image whose channels agree is read
       as gray (:func:`glam_bundle.data.image_checks.gray_from_channels`), one in colour is refused;
     - ``.dcm .dicom``, or no known suffix and the DICM magic bytes: :class:`MammogramDicomReader`;
-    - ``.nii .nii.gz``: ``NibabelReader``, array used as stored, i.e. data[i, j] = row i, column j (see the
-      module docstring); trailing singleton axes are dropped;
+    - ``.nii .nii.gz``: ``NibabelReader``; data[i, j] = column i, row j, as ITK and MONAI store it, transposed
+      to (H, W) (see the module docstring); trailing singleton axes are dropped;
     - ``.mha .mhd .nrrd .nhdr``: ``ITKReader(reverse_indexing=True)``; a leading singleton z axis is dropped.
 
     Validation (raising :class:`BadInputError` whose message starts with the path, from ``get_data``):
@@ -308,8 +309,12 @@ class MammogramReader(ImageReader):
     def _decode_nifti(self, path: str) -> tuple[np.ndarray, dict]:
         reader = self._backend("nifti")
         array, header = reader.get_data(reader.read(path))
-        affine = _uniform_affine(header[MetaKeys.AFFINE])
-        return _squeeze_trailing_singletons(np.asarray(array)), {
+        # NIfTI's first axis is x (the image's columns), as ITK, SimpleITK, dcm2niix, MONAI's writers and MONAI
+        # Label's DICOMweb conversion store it: (x, y) -> (row, column)
+        array = _squeeze_trailing_singletons(np.asarray(array))
+        array = np.swapaxes(array, 0, 1) if array.ndim >= 2 else array
+        affine = _xy_affine_to_row_col(header[MetaKeys.AFFINE])
+        return array, {
             "source_format": "NIfTI",
             MetaKeys.AFFINE: affine,
             **_affine_spacing_hint(affine, "nifti:pixdim"),
@@ -322,7 +327,7 @@ class MammogramReader(ImageReader):
         if image.GetNumberOfComponentsPerPixel() == 1 and array.ndim == 3 and array.shape[0] == 1:
             array = array[0]  # (z=1, H, W) -> (H, W)
         # ITKReader returns a view into the ITK image's buffer, freed with `image`: copy it out.
-        affine = _itk_affine_to_row_col(header[MetaKeys.AFFINE])
+        affine = _xy_affine_to_row_col(header[MetaKeys.AFFINE])
         return np.array(array, copy=True), {
             "source_format": "ITK",
             MetaKeys.AFFINE: affine,
