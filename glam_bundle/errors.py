@@ -10,6 +10,8 @@ does, ``"$import glam_bundle"``) calls :func:`install`, which
   :class:`UserError` (or one of the bundle's other user-error types, a full disk, or one of the known
   third-party errors in :data:`KNOWN_ERRORS`) is printed as one line ``error: <message>`` on stderr and the
   process exits with :data:`EXIT_USER_ERROR` (2). Any other exception keeps Python's traceback (exit 1);
+- sets ``threading.excepthook``: a background thread stopped by such an error (TensorBoard's event writer on a
+  full disk) prints one line ``warning: <thread> stopped: <message>`` instead of its traceback;
 - strips the traceback from log records of such errors (``logger.exception`` in MONAI's ``StatsHandler``), keeping
   their one-line message.
 
@@ -28,6 +30,7 @@ import os
 import pickle
 import re
 import sys
+import threading
 from collections.abc import Callable, Iterator
 
 __all__ = [
@@ -296,6 +299,7 @@ def _exit_with(line: str, code: int) -> None:
 
 
 _previous_hook: Callable | None = None
+_previous_thread_hook: Callable | None = None
 _previous_factory: Callable | None = None
 
 
@@ -305,6 +309,21 @@ def _excepthook(exc_type, exc, tb) -> None:
         (_previous_hook or sys.__excepthook__)(exc_type, exc, tb)
         return
     _exit_with(f"error: {message} {DEBUG_HINT}", EXIT_USER_ERROR)
+
+
+def _thread_excepthook(args) -> None:
+    """A background thread (TensorBoard's event writer, the inference writer) stopped by a user's error, e.g. a full
+    disk: one line, written at once (a traceback printed piece by piece can break the run's own last line)."""
+    exc = args.exc_value
+    message = None if debug_enabled() or not isinstance(exc, Exception) else user_error_message(exc)
+    if message is None:
+        (_previous_thread_hook or threading.__excepthook__)(args)
+        return
+    name = getattr(args.thread, "name", None) or "a background thread"
+    try:
+        os.write(2, f"warning: {name} stopped: {message}\n".encode("utf-8", "replace"))
+    except OSError:
+        pass
 
 
 def _record_factory(*args, **kwargs) -> logging.LogRecord:
@@ -318,10 +337,13 @@ def _record_factory(*args, **kwargs) -> logging.LogRecord:
 
 def install() -> None:
     """Install the error hook (``sys.excepthook``) and the log-record filter; idempotent. See the module docs."""
-    global _previous_hook, _previous_factory
+    global _previous_hook, _previous_thread_hook, _previous_factory
     if sys.excepthook is not _excepthook:
         _previous_hook = sys.excepthook
         sys.excepthook = _excepthook
+    if threading.excepthook is not _thread_excepthook:
+        _previous_thread_hook = threading.excepthook
+        threading.excepthook = _thread_excepthook
     factory = logging.getLogRecordFactory()
     if factory is not _record_factory:
         _previous_factory = factory

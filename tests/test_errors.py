@@ -183,6 +183,28 @@ def test_the_hook_keeps_unexpected_tracebacks(tmp_path):
     assert result.stderr.strip().splitlines() == ["error: --cache dsk: bad (traceback: GLAM_DEBUG=1)"]
 
 
+def test_a_thread_stopped_by_a_full_disk_prints_one_line_before_the_error(tmp_path):
+    """TensorBoard's event writer thread fails on a full disk beside the main thread: one warning line from the
+    thread (not a traceback that can break the run's own last line), then the run's one-line error."""
+    code = (
+        "import errno, threading, glam_bundle\n"
+        "def write():\n"
+        "    raise OSError(errno.ENOSPC, 'No space left on device', 'events.out.tfevents')\n"
+        "thread = threading.Thread(target=write, name='EventFileWriter')\n"
+        "thread.start(); thread.join()\n"
+        "raise OSError(errno.ENOSPC, 'No space left on device', 'last.pt')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == EXIT_USER_ERROR and "Traceback" not in result.stderr, result.stderr
+    assert len(lines) == 2 and lines[0].startswith("warning: EventFileWriter stopped: disk full (writing events.")
+    assert lines[1].startswith("error: disk full (writing last.pt)")
+    # anything else in a thread keeps its traceback
+    code = "import threading, glam_bundle\nthreading.Thread(target=lambda: 1 / 0).start()\n"
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert "Traceback" in result.stderr and "ZeroDivisionError" in result.stderr
+
+
 # --- the pieces -----------------------------------------------------------------------------------------------------
 
 
