@@ -303,8 +303,13 @@ _previous_thread_hook: Callable | None = None
 _previous_factory: Callable | None = None
 
 
+def _shortened_message(exc: BaseException) -> str | None:
+    """The one line that replaces ``exc``'s traceback, or None (not a user's error, or ``GLAM_DEBUG`` set)."""
+    return None if debug_enabled() or not isinstance(exc, Exception) else user_error_message(exc)
+
+
 def _excepthook(exc_type, exc, tb) -> None:
-    message = None if debug_enabled() or not isinstance(exc, Exception) else user_error_message(exc)
+    message = _shortened_message(exc)
     if message is None:
         (_previous_hook or sys.__excepthook__)(exc_type, exc, tb)
         return
@@ -314,8 +319,7 @@ def _excepthook(exc_type, exc, tb) -> None:
 def _thread_excepthook(args) -> None:
     """A background thread (TensorBoard's event writer, the inference writer) stopped by a user's error, e.g. a full
     disk: one line, written at once (a traceback printed piece by piece can break the run's own last line)."""
-    exc = args.exc_value
-    message = None if debug_enabled() or not isinstance(exc, Exception) else user_error_message(exc)
+    message = _shortened_message(args.exc_value)
     if message is None:
         (_previous_thread_hook or threading.__excepthook__)(args)
         return
@@ -329,9 +333,8 @@ def _thread_excepthook(args) -> None:
 def _record_factory(*args, **kwargs) -> logging.LogRecord:
     record = _previous_factory(*args, **kwargs)
     exc_info = record.exc_info
-    if exc_info and isinstance(exc_info, tuple) and isinstance(exc_info[1], Exception) and not debug_enabled():
-        if user_error_message(exc_info[1]) is not None:
-            record.exc_info, record.exc_text = None, None
+    if exc_info and isinstance(exc_info, tuple) and _shortened_message(exc_info[1]) is not None:
+        record.exc_info, record.exc_text = None, None
     return record
 
 

@@ -76,8 +76,8 @@ class MammogramDicomReader(PydicomReader):
     then diag(row spacing, column spacing, 1, 1) from PixelSpacing or ImagerPixelSpacing (1 when absent).
 
     DICOM-level problems (missing file, not a DICOM, no pixel data, undecodable pixel data, multi-frame
-    (:func:`check_single_frame`), a raw
-    "FOR PROCESSING" image: :func:`check_for_presentation`) raise :class:`BadInputError` from ``get_data``. Content checks (size, constant, NaN) are done by
+    (:func:`check_single_frame`), a raw "FOR PROCESSING" image (:func:`check_for_presentation`)) raise
+    :class:`BadInputError` from ``get_data``. Content checks (size, constant, NaN) are done by
     :class:`MammogramReader`.
 
     Size limits: the header is read first (``stop_before_pixels=True``); a file whose Rows x Columns x
@@ -181,7 +181,6 @@ class MammogramDicomReader(PydicomReader):
         return affine
 
     def _get_array_data(self, img, filename) -> np.ndarray:
-        check_single_frame(filename, img)
         if not any(keyword in img for keyword in _PIXEL_DATA_KEYWORDS):
             raise BadInputError(filename, "DICOM has no pixel data")
         try:

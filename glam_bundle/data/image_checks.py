@@ -278,9 +278,9 @@ def gray_from_channels(array: np.ndarray, path: PathLike) -> np.ndarray:
         raise BadInputError(path, f"{name} with transparent pixels; expected one grayscale channel")
     colour = np.asarray(colour, dtype=np.float32)
     spread = colour.max(axis=-1) - colour.min(axis=-1)
-    value_range = float(colour.max() - colour.min())
-    if spread.max() > max(GRAY_CHANNEL_TOLERANCE * value_range, 1.0):
-        share = float(np.mean(spread > GRAY_CHANNEL_TOLERANCE * value_range))
+    tolerance = max(GRAY_CHANNEL_TOLERANCE * float(colour.max() - colour.min()), 1.0)
+    if spread.max() > tolerance:
+        share = float(np.mean(spread > tolerance))
         raise BadInputError(
             path,
             f"{name} in colour ({share:.1%} of the pixels; e.g. coloured annotations); expected one grayscale "

@@ -79,23 +79,28 @@ def seed_epoch(seed: int, epoch: int, dataset: Any = None, generator: torch.Gene
     return value
 
 
+def wrapped_datasets(dataset: Any) -> Iterator[Any]:
+    """``dataset`` and the datasets behind its ``.dataset`` wrappers (e.g. ``SkipBadCases``), outermost first, each
+    once (a wrapper cycle ends the walk)."""
+    current, seen = dataset, set()
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = getattr(current, "dataset", None)
+
+
 def datalist_items(dataset: Any) -> Sequence[Mapping]:
     """The datalist items behind a training dataset.
 
     Accepts a list of items or a dataset: ``.dataset`` attributes are unwrapped (e.g. ``SkipBadCases``) until one
     object has ``.data`` (MONAI's ``Dataset``, ``CacheDataset``, ``PersistentDataset``).
     """
-    current, seen = dataset, set()
-    while id(current) not in seen:
-        seen.add(id(current))
+    for current in wrapped_datasets(dataset):
         if isinstance(current, Sequence) and not isinstance(current, (str, bytes)):
             return current
         data = getattr(current, "data", None)
         if isinstance(data, Sequence) and not isinstance(data, (str, bytes)):
             return data
-        if not hasattr(current, "dataset"):
-            break
-        current = current.dataset
     raise TypeError(
         f"cannot find the datalist items of {type(dataset).__name__}: expected a list of items or a dataset that "
         "has (possibly behind '.dataset' wrappers) a '.data' list, as MONAI's datasets"

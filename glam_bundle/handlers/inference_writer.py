@@ -22,6 +22,7 @@ from glam_bundle import distributed
 from glam_bundle.atomic_io import atomic_output, save_png_atomic, write_csv
 from glam_bundle.data.failures import write_failures_csv
 from glam_bundle.data.folder import OUTPUT_NAME_KEY, image_stem
+from glam_bundle.data.samplers import wrapped_datasets
 from glam_bundle.errors import AllCasesFailedError, is_disk_full
 from glam_bundle.visualize import save_glam_figure
 
@@ -130,10 +131,8 @@ def _dataset_items(engine: Engine) -> tuple[Any, Any]:
     The items are the ``data`` list of the dataset, found through wrappers' ``dataset`` attributes
     (``SkipBadCases`` around MONAI's ``Dataset``)."""
     loader = getattr(engine.state, "dataloader", None) or getattr(engine, "data_loader", None)
-    dataset = getattr(loader, "dataset", None)
-    while dataset is not None and not isinstance(getattr(dataset, "data", None), list):
-        dataset = getattr(dataset, "dataset", None)
-    return loader, dataset
+    datasets = wrapped_datasets(getattr(loader, "dataset", None))
+    return loader, next((d for d in datasets if isinstance(getattr(d, "data", None), list)), None)
 
 
 def _in_dataset_order(engine: Engine, records: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -176,9 +175,9 @@ class GLAMInferenceWriter:
     run gets ``_2``, ``_3``, ... For the run: ``predictions.csv`` (``PREDICTION_COLUMNS``: image,
     benign_pred, malignant_pred, labels when known, patch corners, then the output files relative to
     ``output_dir`` and, when the image meta holds them, view, laterality, film and pixel spacing with their
-    sources, and ``inverted``) and ``failures.csv`` (image, error) with the cases that could not be read or written. All files appear
-    atomically; while the run goes on, rows are appended (and flushed) to ``predictions.csv.partial``, so a
-    killed run keeps every finished prediction. At the end of the run, :meth:`log_summary` (the config's last run
+    sources, and ``inverted``) and ``failures.csv`` (image, error) with the cases that could not be read or
+    written. All files appear atomically; while the run goes on, rows are appended (and flushed) to
+    ``predictions.csv.partial``, so a killed run keeps every finished prediction. At the end of the run, :meth:`log_summary` (the config's last run
     step) logs how many images failed and where they are listed; when every image failed the handler raises
     :class:`glam_bundle.errors.AllCasesFailedError` (one line ``error: all N images failed ...``, exit status 2).
 

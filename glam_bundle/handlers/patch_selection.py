@@ -46,7 +46,7 @@ from glam_bundle.data.patch_cache import (
     save_entry,
     write_index,
 )
-from glam_bundle.data.samplers import datalist_items
+from glam_bundle.data.samplers import datalist_items, wrapped_datasets
 from glam_bundle.metrics.patch_recall import RECALL_AT, lesion_patch_hits, summarise_patch_recall
 from glam_bundle.networks.patch_selection import breast_patch_locations, crop_patches, select_patch_locations
 
@@ -94,8 +94,9 @@ class PatchSelection:
 
     The cache is reused (summary ``"cache": "hit"``, no image is read) when ``index.json`` names the same stage-1
     checkpoint sha256, the same parameters (``num_patches``, ``crop_size``, ``seed``, ``storage_dtype``,
-    ``min_breast_fraction``, the fingerprint of the dataset's preprocessing) and the same items (datalist entries with their files' size and time, found through
-    the dataset's ``.data``; else only the number of items is compared), and every patch file is there.
+    ``min_breast_fraction``, the fingerprint of the dataset's preprocessing) and the same items (datalist entries
+    with their files' size and time, found through the dataset's ``.data``; else only the number of items is
+    compared), and every patch file is there.
     Otherwise it is rebuilt (``"rebuilt"``); patch files of an interrupted build with the same key are reused,
     files no longer listed are deleted once the new ``index.json`` is written.
 
@@ -194,13 +195,11 @@ class PatchSelection:
     def _preprocessing_fingerprint(self) -> str | None:
         """:func:`transform_fingerprint` of the dataset's transform (the patches are cut from its output, so a
         changed chain -- another window, film rule or bundle version -- must rebuild them); None without one."""
-        dataset = self.dataset
-        for _ in range(4):  # through wrappers that keep the dataset as ``.dataset``
+        for dataset in wrapped_datasets(self.dataset):
             transform = getattr(dataset, "transform", None)
             if transform is not None:
                 transforms = transform.transforms if isinstance(transform, Compose) else transform
                 return transform_fingerprint(transforms).decode()
-            dataset = getattr(dataset, "dataset", None)
         return None
 
     def run(self) -> dict[str, Any]:

@@ -171,9 +171,9 @@ class OrientBreastd(_GeometryMapTransform):
     "image") when there is a breast mask and ``view_from_image``, else ``default_view`` ("default").
 
     Keys: ``keys`` = the image (C, H, W) and the masks that follow it ((C, H, W), any dtype). Writes the
-    image meta ``"flipped"``, ``"orientation_rule"`` ("laterality"/"content"/"content (laterality disagrees)"), ``"laterality"``,
-    ``"laterality_source"``, ``"view"``, ``"view_source"`` and sets the item's ``"laterality"``/``"view"`` to
-    the resolved values (laterality "none" when unknown) so batches collate.
+    image meta ``"flipped"``, ``"orientation_rule"`` ("laterality"/"content"/"content (laterality disagrees)"),
+    ``"laterality"``, ``"laterality_source"``, ``"view"``, ``"view_source"`` and sets the item's
+    ``"laterality"``/``"view"`` to the resolved values (laterality "none" when unknown) so batches collate.
     """
 
     def __init__(
@@ -203,9 +203,8 @@ class OrientBreastd(_GeometryMapTransform):
         d = dict(data)
         image = as_meta_tensor(d[self.image_key])
         side = chest_wall_side(d, image, self.flip_key) if self.mode == "laterality" else None
-        reference = d.get(self.breast_mask_key)
-        reference = image_plane(reference) if reference is not None else image_plane(image) > 0
-        on_right, clearness = chest_wall_evidence(reference)
+        breast = d.get(self.breast_mask_key)
+        on_right, clearness = chest_wall_evidence(image_plane(breast) if breast is not None else image_plane(image) > 0)
         content_side = "right" if on_right else "left"
         rule = "laterality"
         if side is None:
@@ -227,9 +226,8 @@ class OrientBreastd(_GeometryMapTransform):
         view, view_source = view_with_source(d, image)
         if view is None:
             # no tag, item or file name: the image says (pectoral muscle in the chest-wall top corner => MLO)
-            reference = d.get(self.breast_mask_key)
-            if reference is not None and self.view_from_image:
-                plane = image_plane(reference).astype(bool)
+            if breast is not None and self.view_from_image:
+                plane = image_plane(breast).astype(bool)
                 view, view_source = view_from_image(plane[:, ::-1] if flipped else plane), "image"
             else:
                 view, view_source = self.default_view, "default"
