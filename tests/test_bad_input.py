@@ -177,6 +177,12 @@ def test_unsupported_suffix(tmp_path):
     assert_bad(path, "unsupported file type")
 
 
+def test_ddsm_ljpeg_is_named_with_what_to_do(tmp_path):
+    path = tmp_path / "A_1234_1.LEFT_CC.LJPEG"
+    path.write_bytes(b"\xff\xd8\xff\xc3" + bytes(100))  # lossless JPEG (SOF3) start
+    assert_bad(path, "DDSM's original lossless JPEG")
+
+
 def test_failure_message_unwraps_monai_errors(tmp_path):
     transform = Compose([LoadImaged(keys="image", reader=MammogramReader())])
     with pytest.raises(RuntimeError) as info:  # MONAI wraps transform errors in RuntimeError

@@ -244,6 +244,29 @@ def test_dicom_laterality_and_view_metadata(tmp_path):
     assert neither.meta["laterality"] == "none" and neither.meta["view"] == "none"
 
 
+def test_dicom_view_from_view_code_sequence_when_view_position_is_empty(tmp_path):
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    def code(value, scheme, meaning):
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+        return Sequence([item])
+
+    cases = {
+        "snomed_rt": (dict(ViewCodeSequence=code("R-10226", "SRT", "medio-lateral oblique")), "MLO"),
+        "snomed_ct": (dict(ViewPosition="", ViewCodeSequence=code("399162004", "SCT", "cranio-caudal")), "CC"),
+        "meaning_only": (dict(ViewCodeSequence=code("X1", "99LOCAL", "Medio-Lateral Oblique")), "MLO"),
+        "exaggerated": (
+            dict(ViewPosition="XCCL", ViewCodeSequence=code("R-1024A", "SRT", "cranio-caudal exaggerated laterally")),
+            "XCCL",
+        ),
+        "position_wins": (dict(ViewPosition="CC", ViewCodeSequence=code("R-10226", "SRT", "x")), "CC"),
+    }
+    for name, (tags, view) in cases.items():
+        assert load(write_dicom(tmp_path / f"{name}.dcm", ramp(), **tags)).meta["view"] == view, name
+
+
 def test_dicom_spacing_from_imager_pixel_spacing(tmp_path):
     path = write_dicom(tmp_path / "a.dcm", ramp(), ImagerPixelSpacing=[0.1, 0.2])
     np.testing.assert_allclose(load(path).meta["spacing"], [0.1, 0.2])
@@ -256,6 +279,51 @@ def test_dicom_rle_and_suffixless_file(tmp_path):
     reader = MammogramReader(min_size=0)
     assert reader.verify_suffix(str(path))
     np.testing.assert_array_equal(load(path).numpy(), pixels)
+
+
+def write_bare_dataset(path, pixels: np.ndarray, implicit_vr: bool) -> None:
+    """A DICOM data set without the 128-byte preamble and File Meta header, as ACR-NEMA-era archives wrote it."""
+    from pydicom import dcmread
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    ds = dcmread(write_dicom(path, pixels))
+    del ds.file_meta
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, implicit_vr
+    write_dataset(buffer, ds)
+    path.write_bytes(buffer.getvalue())
+
+
+@pytest.mark.parametrize("implicit_vr", [True, False])
+@pytest.mark.parametrize("name", ["view.dcm", "IM000001"])
+def test_dicom_without_preamble_or_file_meta_is_read(tmp_path, name, implicit_vr):
+    pixels = ramp()
+    path = tmp_path / name
+    write_bare_dataset(path, pixels, implicit_vr)
+    assert MammogramReader(min_size=0).verify_suffix(str(path))
+    np.testing.assert_array_equal(load(path).numpy(), pixels)
+
+
+def test_file_named_dcm_that_holds_no_dicom_image_is_refused_by_name(tmp_path):
+    path = tmp_path / "notes.dcm"
+    path.write_text("exported by a viewer\n" * 50)
+    with pytest.raises(BadInputError, match=r"notes\.dcm.*corrupt or non-DICOM file \(neither"):
+        load(path)
+
+
+def test_dicom_pixel_padding_is_background_at_either_end(tmp_path):
+    # A MONOCHROME1 view whose padding is stored 0 (white) and one whose padding range is 4000-4095 (black):
+    # both read as the inverted image with the padding black, not as a white frame around the breast.
+    pixels = ramp() + 100  # 100 .. 1635, no stored value in either padding range
+    expected = 4095.0 - pixels
+    padded = {0: dict(PixelPaddingValue=0), 4000: dict(PixelPaddingValue=4000, PixelPaddingRangeLimit=4095)}
+    for padding, tags in padded.items():
+        stored = pixels.copy()
+        stored[:, :5] = padding
+        image = load(write_dicom(tmp_path / f"padded_{padding}.dcm", stored, photometric="MONOCHROME1", **tags))
+        np.testing.assert_array_equal(image.numpy()[:, 5:], expected[:, 5:])
+        assert (image.numpy()[:, :5] == 0).all()
 
 
 # What archives send: JPEG Lossless (process 14, e.g. most PACS exports), JPEG-LS and JPEG 2000 (VinDr-Mammo, RSNA).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -9,12 +10,15 @@ from monai.data import PydicomReader
 from monai.config import PathLike
 from monai.utils import ensure_tuple
 from pydicom import dcmread
+from pydicom.dataset import FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 try:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 except ImportError:  # pydicom 2.x (what MONAI Label's stack needs): the same functions lived here
     from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
 
-from glam_bundle.constants import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
+from glam_bundle.constants import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, VIEWS
 from glam_bundle.data.errors import BadInputError
 from glam_bundle.data.image_checks import (
     DeclaredSize,
@@ -32,6 +36,7 @@ __all__ = [
     "dicom_declared_size",
     "dicom_film_hint",
     "dicom_spacing",
+    "dicom_view",
     "plausible_mammogram_spacing",
 ]
 
@@ -132,11 +137,11 @@ class MammogramDicomReader(PydicomReader):
         for name in filenames:
             try:
                 check_file(name)
-                header = dcmread(name, **{**kwargs_, "stop_before_pixels": True})
+                header = read_dicom(name, **{**kwargs_, "stop_before_pixels": True})
                 check_single_frame(name, header)
                 check_declared_size(name, dicom_declared_size(header), self._max_pixels, self._max_bytes)
                 check_for_presentation(name, header)
-                datasets.append(dcmread(name, **kwargs_))
+                datasets.append(read_dicom(name, **kwargs_))
             except BadInputError as error:
                 datasets.append(DeferredError(error))
             except Exception as exc:  # pydicom raises InvalidDicomError, EOFError, struct/KeyError... on bad files
@@ -159,7 +164,7 @@ class MammogramDicomReader(PydicomReader):
         if self.prune_metadata and imager_pixel_spacing is not None:
             metadata[_IMAGER_PIXEL_SPACING] = {"vr": "DS", "Value": [float(v) for v in imager_pixel_spacing]}
         metadata["laterality"] = missing_meta(_dicom_laterality(img))
-        metadata["view"] = missing_meta(_dicom_text(img, "ViewPosition"))
+        metadata["view"] = missing_meta(dicom_view(img))
         film, film_source = dicom_film_hint(img)
         metadata["film_hint"], metadata["film_hint_source"] = missing_meta(film), missing_meta(film_source)
         spacing, spacing_source = dicom_spacing(img)
@@ -187,10 +192,15 @@ class MammogramDicomReader(PydicomReader):
             stored = img.pixel_array
         except Exception as exc:  # truncated or undecodable pixel data: pydicom raises various types
             raise BadInputError(filename, f"cannot decode DICOM pixel data ({format_exception(exc)})") from exc
+        padding = pixel_padding(stored, img)
         values = self._to_display(stored, img)
+        low, high = self._display_range(img)
         if str(getattr(img, "PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1":
-            low, high = self._display_range(img)
             values = (low + high) - values
+        if padding is not None:
+            # Padding is no image: its stored value may sit at either end (a MONOCHROME1 file padded with 0
+            # turned white, and then the whole image read as a negative). It is the background: black.
+            values[padding] = low
         return np.asarray(values, dtype=np.float32)
 
     def _to_display(self, values: np.ndarray, img) -> np.ndarray:
@@ -207,6 +217,36 @@ class MammogramDicomReader(PydicomReader):
         lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
         ends = self._to_display(np.array([lo, hi], dtype=np.int64 if signed else np.uint64), img)
         return float(ends.min()), float(ends.max())
+
+
+def read_dicom(filename: PathLike, **kwargs):
+    """``pydicom.dcmread``, also for a file written without the 128-byte preamble and File Meta header (ACR-NEMA
+    style, older archives). Such a file is read with ``force=True`` and kept only when it holds an image (Rows and
+    Columns); its transfer syntax, which only the missing header would name, is the uncompressed encoding pydicom
+    found. Raises :class:`BadInputError` naming the file otherwise."""
+    try:
+        return dcmread(filename, **kwargs)
+    except InvalidDicomError:
+        ds = dcmread(filename, **{**kwargs, "force": True})
+    if "Rows" not in ds or "Columns" not in ds:
+        raise BadInputError(filename, "corrupt or non-DICOM file (neither the 'DICM' marker nor a DICOM image header)")
+    implicit_vr, little_endian = getattr(ds, "original_encoding", None) or (ds.is_implicit_VR, ds.is_little_endian)
+    syntax = ImplicitVRLittleEndian if implicit_vr else ExplicitVRLittleEndian if little_endian else ExplicitVRBigEndian
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = syntax
+    return ds
+
+
+def pixel_padding(stored: np.ndarray, ds) -> np.ndarray | None:
+    """Where the stored values are padding (PixelPaddingValue, up to PixelPaddingRangeLimit when given): a bool
+    array like ``stored``, or None when the file declares no padding."""
+    try:
+        first = int(ds.PixelPaddingValue)
+        last = int(ds.get("PixelPaddingRangeLimit", first))
+    except (AttributeError, TypeError, ValueError):
+        return None
+    low, high = min(first, last), max(first, last)
+    return (stored >= low) & (stored <= high)
 
 
 def check_single_frame(filename: PathLike, ds) -> None:
@@ -263,6 +303,28 @@ def _dicom_text(ds, keyword: str) -> str | None:
 
 def _dicom_laterality(ds) -> str | None:
     return _dicom_text(ds, "ImageLaterality") or _dicom_text(ds, "Laterality")
+
+
+# The two screening views in DICOM's CID 4014, SNOMED-RT and SNOMED CT codes: MG files must carry
+# ViewCodeSequence, while ViewPosition is optional there and often empty.
+_VIEW_CODES = {"R-10242": "CC", "399162004": "CC", "R-10226": "MLO", "399368009": "MLO"}
+_VIEW_MEANINGS = {"craniocaudal": "CC", "mediolateraloblique": "MLO"}
+
+
+def dicom_view(ds) -> str | None:
+    """View of a DICOM image: ViewPosition when it is CC or MLO, else the ViewCodeSequence's code (or its meaning,
+    e.g. "cranio-caudal"; an exaggerated or other view does not match), else ViewPosition as it is (another view,
+    which the transforms ignore) or None."""
+    position = _dicom_text(ds, "ViewPosition")
+    if position in VIEWS:
+        return position
+    for item in ds.get("ViewCodeSequence") or []:
+        code = str(item.get("CodeValue", "") or "").strip()
+        meaning = re.sub(r"[^a-z]", "", str(item.get("CodeMeaning", "") or "").lower())
+        view = _VIEW_CODES.get(code) or _VIEW_MEANINGS.get(meaning)
+        if view:
+            return view
+    return position
 
 
 def dicom_film_hint(ds) -> tuple[str | None, str | None]:

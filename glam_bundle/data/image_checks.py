@@ -341,9 +341,23 @@ def is_dicom_file(path: str) -> bool:
     if backend_by_suffix(path) is not None:
         return False
     try:
-        return os.path.isfile(path) and is_dicom(path)  # "DICM" magic after the 128-byte preamble
+        # "DICM" magic after the 128-byte preamble, or a bare data set (no preamble, no File Meta header)
+        return os.path.isfile(path) and (is_dicom(path) or starts_as_bare_dicom_dataset(path))
     except OSError:
         return False
+
+
+def starts_as_bare_dicom_dataset(path: str) -> bool:
+    """Does the file begin like a DICOM data set written without preamble and File Meta header (ACR-NEMA style,
+    older archives)? Its first element is then a little-endian (0008,xxxx) tag followed by an explicit VR (two
+    capital letters) or an implicit VR's even 32-bit length."""
+    with open(path, "rb") as file:
+        head = file.read(8)
+    if len(head) < 8 or head[:2] != b"\x08\x00" or head[2] % 2:
+        return False
+    explicit_vr = head[4:6].isalpha() and head[4:6].isupper()
+    implicit_length = int.from_bytes(head[4:8], "little")
+    return explicit_vr or (implicit_length % 2 == 0 and implicit_length < 1024)
 
 
 def backend_by_suffix(path: str) -> str | None:

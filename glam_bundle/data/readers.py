@@ -36,6 +36,7 @@ therefore never raise from ``read`` for a bad file: ``read`` records the :class:
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -161,6 +162,20 @@ def _squeeze_trailing_singletons(array: np.ndarray) -> np.ndarray:
     return np.squeeze(array, axis=singletons) if singletons else array
 
 
+# Formats met in mammography archives that no reader here decodes, and what to do instead.
+_UNSUPPORTED_FORMAT_ADVICE = {
+    ".ljpeg": "DDSM's original lossless JPEG, which standard decoders do not read: use the case's CBIS-DDSM DICOM, "
+              "or convert it to a 16-bit PNG with DDSM's own decoder",
+}
+
+
+def unsupported_type_problem(path: str) -> str:
+    """The problem of a file no reader decodes: what it is when known, and the suffixes that are read."""
+    advice = _UNSUPPORTED_FORMAT_ADVICE.get(os.path.splitext(path)[1].lower())
+    expected = " ".join(PIL_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES + ITK_SUFFIXES)
+    return f"{advice}; readable types: {expected}" if advice else f"unsupported file type; expected one of {expected}"
+
+
 class MammogramReader(ImageReader):
     """One reader for every mammogram format the bundle accepts, returning float32 (H, W) images.
 
@@ -260,11 +275,7 @@ class MammogramReader(ImageReader):
             check_file(path)
             backend = backend_for(path)
             if backend is None:
-                raise BadInputError(
-                    path,
-                    "unsupported file type; expected one of "
-                    + " ".join(PIL_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES + ITK_SUFFIXES),
-                )
+                raise BadInputError(path, unsupported_type_problem(path))
             self._check_header(path, backend)
             array, meta = getattr(self, f"_decode_{backend}")(path)
             return _DecodedImage(path, array, meta)
