@@ -271,6 +271,48 @@ def test_view_stored_mirrored_to_its_laterality_tag_faces_right(chain, tmp_path)
         "content (laterality disagrees)", "L", "dicom")
 
 
+def test_patient_orientation_says_where_the_chest_wall_is(chain, tmp_path):
+    # a right CC stored as the vendor acquired it, chest wall on the left ("A\\L"): the laterality rule alone would
+    # flip it and need the image to overrule it; the tag describes the pixels and decides, with no warning
+    phantom = make_phantom(1104, 720, view="CC", laterality="L", lesions=("benign",), rng=13)  # chest wall left
+    tags = dict(SOPClassUID="1.2.840.10008.5.1.4.1.1.1.2", ImageLaterality="R", ViewPosition="CC")
+    stored = phantom.image.astype(np.uint16)
+    out = chain({"image": str(write_dicom(tmp_path / "rcc.dcm", stored, PatientOrientation=["A", "L"], **tags))})
+    meta = out["image"].meta
+    assert _faces_right(out) and not meta["flipped"] and not meta["flipped_vertically"]
+    assert (meta["orientation_rule"], meta["laterality"]) == ("patient orientation", "R")
+    # CBIS-DDSM writes the view into PatientOrientation: one value, not a direction pair, so it is ignored
+    garbled = chain({"image": str(write_dicom(tmp_path / "cbis.dcm", stored, PatientOrientation="CC", **tags))})
+    assert garbled["image"].meta["orientation_rule"] == "content (laterality disagrees)"
+
+
+@pytest.mark.parametrize("view, upright, upside_down", [("MLO", ["A", "FR"], ["A", "HL"]), ("CC", ["A", "R"], ["A", "L"])])
+def test_view_stored_upside_down_is_turned_upright(chain, tmp_path, view, upright, upside_down):
+    # PatientOrientation's column direction: towards the feet (MLO) or across the body (CC) when upright; a left
+    # breast's columns running to the head, or to its own side (CC), mean the image is stored upside down
+    phantom = make_phantom(1472, 960, view=view, laterality="L", lesions=("benign",), rng=17)
+    stored = phantom.image.astype(np.uint16)
+    tags = dict(SOPClassUID="1.2.840.10008.5.1.4.1.1.1.2", ImageLaterality="L")
+    straight = chain({"image": str(write_dicom(tmp_path / "upright.dcm", stored, PatientOrientation=upright, **tags))})
+    path = write_dicom(tmp_path / "upside_down.dcm", np.ascontiguousarray(stored[::-1]), PatientOrientation=upside_down,
+                       **tags)
+    turned = chain({"image": str(path)})
+    assert not straight["image"].meta["flipped_vertically"] and turned["image"].meta["flipped_vertically"]
+    assert turned["image"].meta["view"] == straight["image"].meta["view"] == view  # read from the upright image
+    np.testing.assert_array_equal(turned["breast_mask"].numpy(), straight["breast_mask"].numpy())
+    np.testing.assert_allclose(turned["image"].numpy(), straight["image"].numpy(), atol=1e-5)
+    # raw points map into the window and the window maps back onto the stored (upside-down) pixels
+    lesion = np.argwhere(phantom.masks["benign"][::-1] > 0).mean(axis=0)
+    row, col = map_to_model_frame(turned["image"].meta, lesion[None])[0].round().astype(int)
+    upright_row, upright_col = map_to_model_frame(straight["image"].meta, np.argwhere(phantom.masks["benign"] > 0)
+                                                  .mean(axis=0)[None])[0].round().astype(int)
+    assert abs(row - upright_row) <= 1 and abs(col - upright_col) <= 1
+    restored_turned, restored_straight = (chain.inverse({"breast_mask": out["breast_mask"]})["breast_mask"][0].numpy()
+                                          for out in (turned, straight))
+    assert restored_turned.shape == stored.shape and restored_turned.any()
+    np.testing.assert_array_equal(restored_turned, restored_straight[::-1])  # back on the stored, upside-down pixels
+
+
 def test_negative_png_is_turned_positive(chain, tmp_path):
     # a digital view exported without its MONOCHROME1 inversion: background white, dense tissue dark
     phantom = make_phantom(1104, 720, view="MLO", laterality="R", lesions=("malignant",), rng=11)

@@ -35,6 +35,7 @@ __all__ = [
     "MammogramDicomReader",
     "dicom_declared_size",
     "dicom_film_hint",
+    "dicom_patient_orientation",
     "dicom_spacing",
     "dicom_view",
     "plausible_mammogram_spacing",
@@ -165,6 +166,7 @@ class MammogramDicomReader(PydicomReader):
             metadata[_IMAGER_PIXEL_SPACING] = {"vr": "DS", "Value": [float(v) for v in imager_pixel_spacing]}
         metadata["laterality"] = missing_meta(_dicom_laterality(img))
         metadata["view"] = missing_meta(dicom_view(img))
+        metadata["patient_orientation"] = missing_meta(dicom_patient_orientation(img))
         film, film_source = dicom_film_hint(img)
         metadata["film_hint"], metadata["film_hint_source"] = missing_meta(film), missing_meta(film_source)
         spacing, spacing_source = dicom_spacing(img)
@@ -325,6 +327,20 @@ def dicom_view(ds) -> str | None:
         if view:
             return view
     return position
+
+
+def dicom_patient_orientation(ds) -> str | None:
+    """PatientOrientation (0020,0020), the patient directions of the rows and of the columns, as "ROW\\COLUMN"
+    (a left CC as radiologists hang it: "A\\R"; a right MLO: "P\\FL"), or None when absent or not two values of
+    the letters A, P, L, R, H, F (CBIS-DDSM writes the view there)."""
+    value = ds.get("PatientOrientation")
+    if value is None:
+        return None
+    parts = str(value).split("\\") if isinstance(value, str) else [str(part) for part in value]
+    parts = [part.strip().upper() for part in parts]
+    if len(parts) == 2 and all(part and set(part) <= set("APLRHF") for part in parts):
+        return "\\".join(parts)
+    return None
 
 
 def dicom_film_hint(ds) -> tuple[str | None, str | None]:

@@ -83,7 +83,8 @@ __all__ = [
 
 
 
-_FILE_HINT_KEYS = ("film_hint", "film_hint_source", "file_spacing_mm", "file_spacing_source", "lossy_compression")
+_FILE_HINT_KEYS = ("film_hint", "film_hint_source", "file_spacing_mm", "file_spacing_source", "lossy_compression",
+                   "patient_orientation")
 # PIL formats whose compression alters pixel values (ringing along edges): the film pixel rule needs to know.
 _LOSSY_PIL_FORMATS = ("JPEG", "MPO", "JPEG2000", "WEBP")
 
@@ -390,4 +391,6 @@ class MammogramReader(ImageReader):
             "file_spacing_mm": list(item.meta.get("file_spacing_mm", [0.0, 0.0])),
             "file_spacing_source": item.meta.get("file_spacing_source", missing_meta(None)),
             "lossy_compression": bool(item.meta.get("lossy_compression", False)),
+            # DICOM PatientOrientation "ROW\\COLUMN" (OrientBreastd reads the stored image's directions from it)
+            "patient_orientation": item.meta.get("patient_orientation", missing_meta(None)),
         }

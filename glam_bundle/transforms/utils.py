@@ -22,6 +22,9 @@ __all__ = [
     "resolve_view",
     "resolve_laterality",
     "chest_wall_side",
+    "chest_wall_side_with_rule",
+    "patient_orientation",
+    "stored_upside_down",
     "is_model_frame",
     "filename_view_laterality",
     "view_with_source",
@@ -119,16 +122,52 @@ def resolve_laterality(data: Mapping, image) -> str | None:
 
 
 def chest_wall_side(data: Mapping, image, flip_key: str) -> str | None:
-    """Side of the chest wall in the raw image from laterality and the exam's horizontal_flip flag.
+    """Side ("left"/"right") of the chest wall in the raw image, or None; see :func:`chest_wall_side_with_rule`."""
+    return chest_wall_side_with_rule(data, image, flip_key)[0]
 
-    With horizontal_flip 'NO' (the default) left breasts face right (chest wall left) and right breasts
-    face left; 'YES' means the stored images are mirrored.
+
+def chest_wall_side_with_rule(data: Mapping, image, flip_key: str) -> tuple[str | None, str]:
+    """Side of the chest wall in the raw image and the rule that gave it.
+
+    Unless the item has the exam's horizontal_flip flag, DICOM PatientOrientation decides when its row direction
+    is anterior (chest wall left) or posterior (right): it describes the stored pixels, whatever the vendor's
+    display convention ("patient orientation"). Otherwise laterality does ("laterality"): with horizontal_flip
+    'NO' (the default) left breasts face right (chest wall left) and right breasts face left; 'YES' means the
+    stored images are mirrored. ``(None, "laterality")`` when neither is known.
     """
+    rows, _ = patient_orientation(image)
+    if flip_key not in data and rows in ("A", "P"):
+        return ("left" if rows == "A" else "right"), "patient orientation"
     laterality = resolve_laterality(data, image)
     if laterality is None:
-        return None
+        return None, "laterality"
     mirrored = str(data.get(flip_key, "NO")).upper() == "YES"
-    return "right" if (laterality == "R") != mirrored else "left"
+    return ("right" if (laterality == "R") != mirrored else "left"), "laterality"
+
+
+def patient_orientation(image) -> tuple[str | None, str | None]:
+    """The patient directions of the image's rows and columns from the reader's ``"patient_orientation"`` meta
+    (DICOM PatientOrientation, e.g. "A\\R"): the row's anterior/posterior letter ("A"/"P", None when it names
+    neither or both) and the column's letters (e.g. "R", "FL"); ``(None, None)`` when unknown."""
+    value = _meta_value(image, "patient_orientation")
+    parts = str(value).split("\\") if isinstance(value, str) and value != "none" else []
+    if len(parts) != 2:
+        return None, None
+    rows = "".join(letter for letter in parts[0] if letter in "AP")
+    return (rows if len(rows) == 1 else None), parts[1]
+
+
+def stored_upside_down(image, laterality: str | None) -> bool:
+    """Does DICOM PatientOrientation say the image is stored upside down? Its columns run towards the head ("H"),
+    where a mammogram's run towards the feet (MLO, e.g. "FL") or, in a CC view, across the body to the other
+    breast (a left CC's columns run to the patient's right, "R"): a CC column direction naming the breast's own
+    side is upside down."""
+    _, columns = patient_orientation(image)
+    if not columns:
+        return False
+    if "H" in columns or "F" in columns:
+        return "H" in columns and "F" not in columns
+    return laterality is not None and columns == laterality
 
 
 def is_model_frame(data: Mapping, frame_key: str) -> bool:

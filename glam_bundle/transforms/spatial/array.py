@@ -179,7 +179,7 @@ def map_to_model_frame(meta: Mapping, points: np.ndarray | Sequence[Sequence[flo
     """Map (row, col) points of the raw image into the preprocessed window, using the image meta data.
 
     Follows the bookkeeping of :class:`ResampleToSpacingd` (``resample_factor``, pixel centres scaled),
-    :class:`OrientBreastd` (``flipped``, ``oriented_shape``), :class:`CropBreastd` (``crop_box``) and
+    :class:`OrientBreastd` (``flipped``, ``flipped_vertically``, ``oriented_shape``), :class:`CropBreastd` (``crop_box``) and
     :class:`BestCenterWindowd` (``window_pad``, ``window_origin``, ``window_box``). Crop noise is not
     modelled (use it on inference items).
 
@@ -195,6 +195,8 @@ def map_to_model_frame(meta: Mapping, points: np.ndarray | Sequence[Sequence[flo
         points = (points + 0.5) * np.asarray(factor, dtype=np.float64).reshape(1, 2) - 0.5
     if bool(meta.get("flipped", False)):
         points[:, 1] = int(meta["oriented_shape"][1]) - 1 - points[:, 1]
+    if bool(meta.get("flipped_vertically", False)):
+        points[:, 0] = int(meta["oriented_shape"][0]) - 1 - points[:, 0]
     y0, _, x0, _ = (int(v) for v in meta["crop_box"])
     pad_top = int(meta["window_pad"][0])
     origin = np.asarray(meta["window_origin"], dtype=np.float64) + np.asarray(meta["window_box"])[[0, 2]]

@@ -7,7 +7,7 @@ masks already drawn in the preprocessed model frame (the NYU sample segmentation
 
 Geometry bookkeeping is written into the image's ``MetaTensor.meta`` so that a model-frame pixel can be mapped
 back to the raw image (:func:`glam_bundle.transforms.spatial.array.map_to_model_frame`): ``"flipped"`` (bool,
-left-right flip applied), ``"crop_box"`` (rows/cols ``[y0, y1, x0, x1]`` of the crop in the oriented raw frame),
+left-right flip applied), ``"flipped_vertically"`` (bool, top-bottom flip of an image stored upside down), ``"crop_box"`` (rows/cols ``[y0, y1, x0, x1]`` of the crop in the oriented raw frame),
 ``"best_center"`` ([row, col] in the crop), ``"window_pad"`` ([top, bottom, right] zero padding) and
 ``"window_box"`` ([top, bottom, left, right] of the window in the padded crop), ``"resample_factor"``
 ([row, col]) and, after noise, ``"noise_box"``.
@@ -40,12 +40,13 @@ from glam_bundle.transforms.breast.array import chest_wall_evidence, view_from_i
 from glam_bundle.transforms.spatial.array import best_center, crop_geometry, spacing_pair, window_geometry
 from glam_bundle.transforms.utils import (
     as_meta_tensor,
-    chest_wall_side,
+    chest_wall_side_with_rule,
     image_plane,
     is_model_frame,
     laterality_with_source,
     resolve_view,
     source_name,
+    stored_upside_down,
     view_with_source,
 )
 
@@ -158,6 +159,10 @@ class OrientBreastd(_GeometryMapTransform):
     ``mode="laterality"``: left breasts stay, right breasts are flipped (the original with
     horizontal_flip 'NO'; 'YES' in the item's ``flip_key`` reverses this). Laterality comes from the item
     key ``"laterality"``, else from the image meta (the reader copies DICOM ImageLaterality/Laterality).
+    Without ``flip_key`` in the item, a DICOM PatientOrientation whose rows run anterior or posterior says
+    directly where the chest wall is and comes first (``"orientation_rule"`` "patient orientation"). An image
+    whose PatientOrientation says it is stored upside down (:func:`stored_upside_down`) is also flipped top to
+    bottom (meta ``"flipped_vertically"``; in either mode).
     When laterality is unknown, or with ``mode="auto"``, the image content decides
     (:func:`chest_wall_evidence` on ``breast_mask_key``, or on pixel > 0 when there is no breast mask); it also
     decides against the laterality when it is clear (``CHEST_WALL_CLEAR_RATIO``) and says the opposite (a view
@@ -171,7 +176,8 @@ class OrientBreastd(_GeometryMapTransform):
     "image") when there is a breast mask and ``view_from_image``, else ``default_view`` ("default").
 
     Keys: ``keys`` = the image (C, H, W) and the masks that follow it ((C, H, W), any dtype). Writes the
-    image meta ``"flipped"``, ``"orientation_rule"`` ("laterality"/"content"/"content (laterality disagrees)"),
+    image meta ``"flipped"``, ``"flipped_vertically"``, ``"orientation_rule"`` ("laterality"/"patient orientation"/
+    "content"/"content (laterality disagrees)"/"content (patient orientation disagrees)"),
     ``"laterality"``, ``"laterality_source"``, ``"view"``, ``"view_source"`` and sets the item's
     ``"laterality"``/``"view"`` to the resolved values (laterality "none" when unknown) so batches collate.
     """
@@ -198,27 +204,28 @@ class OrientBreastd(_GeometryMapTransform):
         self.flip_key = flip_key
         self.default_view = default_view
         self.flipper = _Untraced(Flip(spatial_axis=1))
+        self.vertical_flipper = _Untraced(Flip(spatial_axis=0))
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
         image = as_meta_tensor(d[self.image_key])
-        side = chest_wall_side(d, image, self.flip_key) if self.mode == "laterality" else None
+        side, rule = chest_wall_side_with_rule(d, image, self.flip_key) if self.mode == "laterality" else (None, "")
         breast = d.get(self.breast_mask_key)
         on_right, clearness = chest_wall_evidence(image_plane(breast) if breast is not None else image_plane(image) > 0)
         content_side = "right" if on_right else "left"
-        rule = "laterality"
         if side is None:
             rule, side = "content", content_side
         elif side != content_side and clearness >= CHEST_WALL_CLEAR_RATIO:
-            # the laterality (and horizontal_flip) put the chest wall where the image clearly has none: a view
-            # stored mirrored or a wrong tag; the image is what must face right
-            logger.warning("%s: its laterality puts the chest wall on the %s, the image clearly has it on the %s "
-                           "(%.1f times the breast pixels): oriented by the image", source_name(image), side,
+            # the laterality (and horizontal_flip) or PatientOrientation put the chest wall where the image clearly
+            # has none: a view stored mirrored or a wrong tag; the image is what must face right
+            logger.warning("%s: its %s puts the chest wall on the %s, the image clearly has it on the %s "
+                           "(%.1f times the breast pixels): oriented by the image", source_name(image), rule, side,
                            content_side, clearness)
-            rule, side = "content (laterality disagrees)", content_side
+            rule, side = f"content ({rule} disagrees)", content_side
         flipped = side == "right"
         laterality, laterality_source = laterality_with_source(d, image)
-        if laterality is None and rule == "content" and self.mode == "laterality":
+        upside_down = stored_upside_down(image, laterality)
+        if laterality is None and rule in ("content", "patient orientation") and self.mode == "laterality":
             # nothing names the breast: the side of its chest wall does (horizontal_flip 'YES' mirrors it)
             mirrored = str(d.get(self.flip_key, "NO")).upper() == "YES"
             laterality, laterality_source = ("R" if (side == "right") != mirrored else "L"), "image"
@@ -228,16 +235,20 @@ class OrientBreastd(_GeometryMapTransform):
             # no tag, item or file name: the image says (pectoral muscle in the chest-wall top corner => MLO)
             if breast is not None and self.view_from_image:
                 plane = image_plane(breast).astype(bool)
+                plane = plane[::-1] if upside_down else plane
                 view, view_source = view_from_image(plane[:, ::-1] if flipped else plane), "image"
             else:
                 view, view_source = self.default_view, "default"
         shape = image.shape[1:]
         for key in self.follow_keys(d):
-            d[key] = self.record(self.flipper(d[key]) if flipped else d[key], shape, flipped=flipped)
-        image = self.record(self.flipper(image) if flipped else image, shape, flipped=flipped)
+            d[key] = self.record(self._flip(d[key], flipped, upside_down), shape, flipped=flipped,
+                                 flipped_vertically=upside_down)
+        image = self.record(self._flip(image, flipped, upside_down), shape, flipped=flipped,
+                            flipped_vertically=upside_down)
         image.meta.update(
             {
                 "flipped": flipped,
+                "flipped_vertically": upside_down,
                 "orientation_rule": rule,
                 "oriented_shape": [int(v) for v in image.shape[1:]],
                 "laterality": laterality,
@@ -250,8 +261,12 @@ class OrientBreastd(_GeometryMapTransform):
         d["laterality"], d["view"] = laterality, view
         return d
 
+    def _flip(self, tensor: torch.Tensor, horizontally: bool, vertically: bool) -> torch.Tensor:
+        tensor = self.flipper(tensor) if horizontally else tensor
+        return self.vertical_flipper(tensor) if vertically else tensor
+
     def inverse_tensor(self, tensor: torch.Tensor, orig_size: Sequence[int], extra_info: Mapping) -> torch.Tensor:
-        return self.flipper(tensor) if extra_info["flipped"] else tensor
+        return self._flip(tensor, extra_info["flipped"], extra_info.get("flipped_vertically", False))
 
 
 class CropBreastd(_GeometryMapTransform):
