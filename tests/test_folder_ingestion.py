@@ -290,10 +290,11 @@ def test_predictions_csv_meta_columns_from_the_image_meta(tmp_path):
     metas = [
         {"filename_or_obj": "/d/a.png", "view": "MLO", "view_source": "pectoral muscle", "laterality": "R",
          "laterality_source": "file name", "film": True, "film_source": "pixels", "pixel_spacing_mm": (0.2, 0.2),
-         "spacing_source": "datalist"},
+         "spacing_source": "datalist", "flipped": True, "flipped_vertically": False, "orientation_rule": "laterality"},
         {"filename_or_obj": "/d/b.dcm", "view": "CC", "view_source": "DICOM ViewPosition", "laterality": "none",
          "laterality_source": "none", "film": False, "film_source": "DICOM Modality", "pixel_spacing_mm": (0.07, 0.08),
-         "spacing_source": "DICOM PixelSpacing"},
+         "spacing_source": "DICOM PixelSpacing", "flipped": False, "flipped_vertically": True,
+         "orientation_rule": "patient orientation"},
     ]
     items = [{"image": MetaTensor(torch.zeros(1, 8, 8), meta=m), "output_name": n} for m, n in zip(metas, ["a", "sub__b"])]
     batch = list_data_collate(items)
@@ -312,10 +313,12 @@ def test_predictions_csv_meta_columns_from_the_image_meta(tmp_path):
     assert [{k: r[k] for k in META_COLUMNS} for r in rows] == [
         {"view": "MLO", "view_source": "pectoral muscle", "laterality": "R", "laterality_source": "file name",
          "film": "true", "film_source": "pixels", "pixel_spacing_mm": "0.2 0.2", "source_spacing_mm": "",
-         "spacing_source": "datalist", "inverted": ""},
+         "spacing_source": "datalist", "inverted": "", "flipped": "true", "flipped_vertically": "false",
+         "orientation_rule": "laterality"},
         {"view": "CC", "view_source": "DICOM ViewPosition", "laterality": "", "laterality_source": "none",
          "film": "false", "film_source": "DICOM Modality", "pixel_spacing_mm": "0.07 0.08",
-         "source_spacing_mm": "", "spacing_source": "DICOM PixelSpacing", "inverted": ""},
+         "source_spacing_mm": "", "spacing_source": "DICOM PixelSpacing", "inverted": "", "flipped": "false",
+         "flipped_vertically": "true", "orientation_rule": "patient orientation"},
     ]
     assert [(r["saliency_file"], r["figure_file"]) for r in rows] == [("", ""), ("", "")]
 

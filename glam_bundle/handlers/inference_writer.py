@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 # Image meta keys written as columns when the preprocessing records them (empty otherwise).
 META_COLUMNS = (
     "view", "view_source", "laterality", "laterality_source", "film", "film_source", "pixel_spacing_mm",
-    "source_spacing_mm", "spacing_source", "inverted",
+    "source_spacing_mm", "spacing_source", "inverted", "flipped", "flipped_vertically", "orientation_rule",
 )
 # The first six columns are those of 0.1.0, in their order; new columns come after them.
 PREDICTION_COLUMNS = (
