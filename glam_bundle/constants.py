@@ -32,6 +32,7 @@ __all__ = [
     "MAX_IMAGE_BYTES",
     "GRAY_CHANNEL_TOLERANCE",
     "CHEST_WALL_CLEAR_RATIO",
+    "JPEG_BLOCK",
     "TINY_NETWORK",
 ]
 
@@ -90,6 +91,8 @@ GRAY_CHANNEL_TOLERANCE: float = 0.02
 # stored mirrored, a wrong tag); the shared sets' views give 2.3-44, one ambiguous mini-MIAS view 1.2
 # (glam_bundle.transforms.breast.array.chest_wall_evidence).
 CHEST_WALL_CLEAR_RATIO: float = 2.0
+# JPEG codes 8x8-pixel blocks: its ringing stays within one block of an edge (the film pixel rule sets it aside).
+JPEG_BLOCK: float = 8.0
 
 # GLAM keyword arguments of the narrowest network the tests and the benchmarks' smoke presets build (a few thousand
 # parameters): not a model to train, one that runs every code path in seconds. Config overrides:

@@ -139,7 +139,16 @@ def test_pixel_rule_film_or_digital():
     # a film whose dark background the scanner clipped to 0: flat, but its edge follows the noise
     clipped = np.where(breast, film, np.clip(rng.normal(0, 3, film.shape), 0, None)).round().astype(np.float32)
     assert film_from_pixels(clipped) == (True, "pixels:ragged-background")
-    assert film_from_pixels(clipped, lossy=True) == (False, "pixels:flat-background")  # JPEG rings: not trusted
+    # a fainter film noise leaves specks all over the clipped background, beyond the 8-pixel reach of JPEG
+    # ringing: film as JPEG too
+    sparse = np.where(breast, film, np.clip(rng.normal(0, 1, film.shape), 0, None)).round().astype(np.float32)
+    assert film_from_pixels(sparse, lossy=True) == (True, "pixels:ragged-background")
+    # specks only along the skin line are no film noise: resampling or JPEG ringing, an overshoot two pixels out
+    # beyond an undershoot clipped at 0
+    ringing = digital.copy()
+    ring = np.abs(ndi.distance_transform_edt(~breast) - 2) < 0.5
+    ringing[ring & (rng.uniform(size=ring.shape) < 0.3)] = 5
+    assert film_from_pixels(ringing) == (False, "pixels:flat-background")
 
 
 @pytest.mark.parametrize("ref", ["mdb001", "mdb244"])
@@ -154,7 +163,7 @@ def test_bare_mini_mias_pgm_is_film_by_its_pixels(ref):
 
 
 def test_digital_saved_as_jpeg_stays_digital(tmp_path):
-    """JPEG ringing makes the flat background's edge ragged: the ragged-edge rule is not used on lossy files."""
+    """JPEG ringing makes the flat background's edge ragged, within one 8-pixel block: not taken for film."""
     plane = _load(require(NYU_SAMPLE / "images" / "0_L-CC.png"))["image"][0].numpy()
     path = tmp_path / "exported.jpg"
     Image.fromarray((plane / plane.max() * 255).round().astype(np.uint8)).save(path, quality=85)
@@ -162,6 +171,26 @@ def test_digital_saved_as_jpeg_stays_digital(tmp_path):
     assert item["image"].meta["lossy_compression"] is True
     item = BreastMaskd(method="auto")(item)
     assert (item["image"].meta["film"], item["image"].meta["film_source"]) == (False, "pixels:flat-background")
+
+
+def test_digital_downscaled_with_a_ringing_filter_stays_digital():
+    # Lanczos overshoots at the skin line and the undershoot clips at 0: specks along the edge, none beyond it
+    plane = _load(require(CSAW_S / "004_0.png"))["image"][0].numpy()
+    for factor in (2, 4):
+        small = Image.fromarray(plane).resize((plane.shape[1] // factor, plane.shape[0] // factor), Image.LANCZOS)
+        assert film_from_pixels(np.asarray(small).clip(0, None)) == (False, "pixels:flat-background"), factor
+
+
+@pytest.mark.parametrize("quality", [95, 75])
+def test_film_saved_as_jpeg_is_film(tmp_path, quality):
+    # CBIS-DDSM as the 8-bit JPEG many copies of it are: the scanner clipped the film's background to 0, and the
+    # film's noise scatters specks far beyond the reach of JPEG's ringing
+    plane = _load(require(CBIS_DDSM / "Mass-Test_P_00173_LEFT_CC.dcm"))["image"][0].numpy()
+    path = tmp_path / "P_00173_LEFT_CC.jpg"
+    Image.fromarray((plane / plane.max() * 255).round().astype(np.uint8)).save(path, quality=quality)
+    item = BreastMaskd(method="auto")(_load(path))
+    assert item["image"].meta["lossy_compression"] is True
+    assert (item["image"].meta["film"], item["image"].meta["film_source"]) == (True, "pixels:ragged-background")
 
 
 def test_no_spacing_is_said_once_and_recorded(caplog):

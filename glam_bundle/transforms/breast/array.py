@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.ndimage as ndi
 
+from glam_bundle.constants import JPEG_BLOCK
+
 __all__ = [
     "otsu_threshold",
     "original_breast_mask",
@@ -246,21 +248,35 @@ def flat_background_fraction(image: np.ndarray, padding: float = 0.95) -> float:
     return float(np.mean(flat[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]))
 
 
-def ragged_background_specks(image: np.ndarray, speck: int = 20) -> float:
-    """Specks along the flat background's edge: components of at most ``speck`` pixels of the flat region
-    (pixels exactly at the minimum) or of the rest, per 1000 pixels of the flat region's edge."""
+def ragged_background_specks(image: np.ndarray, speck: int = 20, clearance: float = 3.0) -> float:
+    """Specks scattered in the background: components of at most ``speck`` pixels of the flat region (pixels
+    exactly at the minimum) or of the rest that lie more than ``clearance`` pixels from the edge of the flat
+    region without them, per 1000 pixels of that edge.
+
+    A clipped film's noise scatters specks across its background; resampling and JPEG ringing along a digital
+    mammogram's skin line leave them only at the edge (within one 8-pixel JPEG block), and the clearance sets
+    those aside.
+    """
     image = np.asarray(image)
     flat = image == image.min()
-    edge = int((flat ^ ndi.binary_erosion(flat)).sum())
-    if edge == 0:
-        return 0.0
-    specks = 0
-    for region in (flat, ~flat):
+    specks = np.zeros_like(flat)
+    smooth = flat.copy()
+    for region, other_side in ((flat, False), (~flat, True)):
         labels, count = ndi.label(region)
         if count:
-            sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-            specks += int((sizes <= speck).sum())
-    return 1000.0 * specks / edge
+            sizes = np.bincount(labels.ravel(), minlength=count + 1)
+            sizes[0] = speck + 1
+            small = sizes[labels] <= speck
+            specks |= small
+            smooth[small] = other_side
+    edge = smooth ^ ndi.binary_erosion(smooth)
+    edge_pixels = int(edge.sum())
+    labels, count = ndi.label(specks)
+    if edge_pixels == 0 or count == 0:
+        return 0.0
+    distance = ndi.distance_transform_edt(~edge)
+    nearest = np.asarray(ndi.minimum(distance, labels, index=np.arange(1, count + 1)))
+    return 1000.0 * float((nearest > clearance).sum()) / edge_pixels
 
 
 def negative_image(image: np.ndarray, min_background_at_max: float = 0.05, max_flat_at_min: float = 0.02) -> bool:
@@ -280,7 +296,7 @@ def negative_image(image: np.ndarray, min_background_at_max: float = 0.05, max_f
 
 
 def film_from_pixels(
-    image: np.ndarray, min_flat_background: float = 0.02, max_specks: float = 20.0, lossy: bool = False
+    image: np.ndarray, min_flat_background: float = 0.02, max_specks: float = 5.0, lossy: bool = False
 ) -> tuple[bool, str]:
     """Film or digital from the pixels alone, for files that say nothing (PNG/JPEG/PGM exports).
 
@@ -288,26 +304,29 @@ def film_from_pixels(
     pixel outside the breast (and outside the collimation) is set to one value along a clean curve. A scanned
     film has no such region -- film base, fog, film edges and scanner noise give every background pixel its
     own value -- or, where the scanner clipped the dark film to 0, a flat region whose edge follows the film's
-    noise: ragged, with islands of specks on both sides. Rules, in order:
+    noise, with specks scattered across it. Rules, in order:
 
     1. less than ``min_flat_background`` (2 %) of the pixels inside the padding
        (:func:`flat_background_fraction`) at the exact minimum -> film ("pixels:no-flat-background");
-    2. only for losslessly stored images (not ``lossy``): more than ``max_specks`` (20) specks per 1000 edge
-       pixels of the flat region (:func:`ragged_background_specks`) -> film ("pixels:ragged-background");
+    2. more than ``max_specks`` (5) specks per 1000 edge pixels more than 3 pixels from the flat region's edge
+       (:func:`ragged_background_specks`), or, for a lossily stored image (the reader's ``lossy_compression``),
+       more than ``2 * max_specks`` beyond one 8-pixel JPEG block, where JPEG's ringing reaches
+       -> film ("pixels:ragged-background");
     3. else digital ("pixels:flat-background").
 
     On the shared sets: rule 1 -- every mini-DDSM JPEG 0.000 and 11 of the 24 mini-MIAS PGMs 0.000-0.003 once
-    their padding is set aside (NYU 0.31-0.32, CSAW-S 0.27-0.72); rule 2 -- the other 13 mini-MIAS PGMs 39-143
-    specks and CBIS-DDSM 262-301 (NYU 0, CSAW-S 0-9.2). JPEG ringing makes any edge ragged (NYU and CSAW-S
-    saved as JPEG: 25-102), hence rule 2 is skipped for lossy files (the reader's ``lossy_compression``), and
-    a clipped film stored as JPEG is taken for digital -- DICOM tags and the datalist's ``film`` come first.
+    their padding is set aside (NYU 0.31-0.32, CSAW-S 0.27-0.72); rule 2 -- the other 13 mini-MIAS PGMs 20-176
+    specks and CBIS-DDSM 435-2128 (NYU and CSAW-S 0-0.1; CSAW-S downscaled with a Lanczos filter, whose ringing
+    clips at 0 along the skin line, at most 0.8). Lossy: CBIS-DDSM saved as 8-bit JPEG 58-410 and mini-MIAS
+    mdb001 as JPEG q95 28 (q75: 7.7, taken for digital), NYU and CSAW-S as 8-bit JPEG at most 2.2.
 
     Returns:
         (film, source).
     """
     if flat_background_fraction(image) < min_flat_background:
         return True, "pixels:no-flat-background"
-    if not lossy and ragged_background_specks(image) > max_specks:
+    clearance, most = (JPEG_BLOCK, 2 * max_specks) if lossy else (3.0, max_specks)
+    if ragged_background_specks(image, clearance=clearance) > most:
         return True, "pixels:ragged-background"
     return False, "pixels:flat-background"
 
