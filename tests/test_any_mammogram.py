@@ -463,6 +463,21 @@ def test_mini_ddsm_jpeg_film_no_flags(chain, name):
         assert float(image[lesion].mean()) > float(image[breast].mean())  # on the (brighter) lesion
 
 
+@pytest.mark.parametrize("name", ["Benign/0029/C_0029_1.LEFT_CC.jpg", "Cancer/0001/C_0001_1.RIGHT_MLO.jpg"])
+def test_film_stored_mirrored_to_its_laterality_keeps_its_breast(chain, tmp_path, name):
+    # the laterality puts the chest wall on the side where the film has only labels and edges: the breast mask
+    # must still be the breast (a larger seed on the other side wins), and the image then decides the flip
+    path = require(MINI_DDSM / name)
+    laterality = "L" if "LEFT" in name else "R"
+    straight = chain({"image": str(path), "laterality": laterality, "film": True})
+    mirrored_path = tmp_path / "mirrored.png"
+    Image.fromarray(np.asarray(Image.open(path).convert("L"))[:, ::-1]).save(mirrored_path)
+    mirrored = chain({"image": str(mirrored_path), "laterality": laterality, "film": True})
+    assert mirrored["image"].meta["orientation_rule"] == "content (laterality disagrees)" and _faces_right(mirrored)
+    breast, expected = (int(out["breast_mask"].sum()) for out in (mirrored, straight))
+    assert abs(breast - expected) < 0.05 * expected
+
+
 @pytest.mark.parametrize("name", ["004_0", "004_2"])
 def test_csaw_s_digital_png_with_cancer_mask(chain, name):
     path = require(CSAW_S / f"{name}.png")

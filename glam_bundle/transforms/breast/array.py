@@ -108,6 +108,10 @@ def breast_region(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.isin(labels, touched[touched > 0])
 
 
+# A seed on the other side this many times larger than the largest on the given chest-wall side wins.
+_MIRRORED_SEED_RATIO = 4.0
+
+
 def film_breast_mask(
     image: np.ndarray, chest_wall: str | None = None, smoothing: float = 1 / 200, strip_width: float = 0.03
 ) -> np.ndarray:
@@ -121,7 +125,8 @@ def film_breast_mask(
        cuts thin bridges to labels and removes thin film-border lines); the largest one that reaches
        the chest-wall side of the film (within 2 % of the width from the first/last column where the film
        covers at least half the rows) wins -- labels and markers float in the background, the breast
-       leans on the chest wall. ``chest_wall`` ("left"/"right") restricts the side; None accepts both.
+       leans on the chest wall. ``chest_wall`` ("left"/"right") restricts the side, unless a component on the
+       other side is over 4 times larger (a film stored mirrored); None accepts both.
     3. Grow the seed through the opened ``image > t_low`` (hysteresis), fill holes and dilate by the
        opening radius so the skin line is kept.
     4. Cut thin strips attached to the breast (film edges, scanner lines: narrower than ``strip_width`` of
@@ -161,15 +166,19 @@ def film_breast_mask(
     if film_columns.size == 0:
         film_columns = np.flatnonzero(nonzero.any(axis=0))
     tolerance = max(2, round(0.02 * width))
-    candidates = np.zeros(count + 1, dtype=bool)
+    on_side = {"left": np.zeros(count + 1, dtype=bool), "right": np.zeros(count + 1, dtype=bool)}
     for index, box in enumerate(ndi.find_objects(labels), start=1):
-        if box is None:
-            continue
-        at_left = box[1].start <= film_columns[0] + tolerance
-        at_right = box[1].stop - 1 >= film_columns[-1] - tolerance
-        candidates[index] = {"left": at_left, "right": at_right}.get(chest_wall, at_left or at_right)
+        if box is not None:
+            on_side["left"][index] = box[1].start <= film_columns[0] + tolerance
+            on_side["right"][index] = box[1].stop - 1 >= film_columns[-1] - tolerance
     sizes = np.bincount(labels.ravel(), minlength=count + 1)
     sizes[0] = 0
+    either = on_side["left"] | on_side["right"]
+    candidates = on_side.get(chest_wall, either)
+    if chest_wall in on_side and sizes[either].max(initial=0) > _MIRRORED_SEED_RATIO * sizes[candidates].max(initial=0):
+        # far more tissue leans on the other side: a film stored mirrored to its laterality (the orientation step
+        # then follows the image); a label or marker on the given side must not become the breast
+        candidates = either
     if candidates[1:].any():
         sizes = np.where(candidates, sizes, 0)
     seed = labels == int(np.argmax(sizes))
