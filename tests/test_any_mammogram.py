@@ -173,6 +173,21 @@ def test_digital_saved_as_jpeg_stays_digital(tmp_path):
     assert (item["image"].meta["film"], item["image"].meta["film_source"]) == (False, "pixels:flat-background")
 
 
+def test_digital_jpeg_with_a_gray_background_is_digital(chain, tmp_path):
+    # a view exported through its VOI window (background at 20 of 255) as JPEG: ringing dips below the background,
+    # so no flat region lies at the minimum; the flat background at its most frequent low value is found
+    plane = _load(require(NYU_SAMPLE / "images" / "0_L-CC.png"))["image"][0].numpy()
+    gray = (20 + plane / plane.max() * 235).round().astype(np.uint8)
+    Image.fromarray(gray).save(tmp_path / "exported.png")
+    Image.fromarray(gray).save(tmp_path / "exported.jpg", quality=95)
+    lossless, jpeg = (chain({"image": str(tmp_path / name)}) for name in ("exported.png", "exported.jpg"))
+    assert np.asarray(Image.open(tmp_path / "exported.jpg")).min() < 20  # ringing below the background
+    meta = jpeg["image"].meta
+    assert (meta["film"], meta["film_source"], meta["background_value"]) == (False, "pixels:flat-background", 20.0)
+    a, b = lossless["breast_mask"].bool(), jpeg["breast_mask"].bool()
+    assert float((a & b).sum() / (a | b).sum()) > 0.99
+
+
 def test_digital_downscaled_with_a_ringing_filter_stays_digital():
     # Lanczos overshoots at the skin line and the undershoot clips at 0: specks along the edge, none beyond it
     plane = _load(require(CSAW_S / "004_0.png"))["image"][0].numpy()

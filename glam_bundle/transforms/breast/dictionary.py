@@ -12,6 +12,7 @@ from monai.transforms import MapTransform
 
 from glam_bundle.data.errors import BadInputError
 from glam_bundle.transforms.breast.array import (
+    background_level,
     breast_region,
     film_breast_mask,
     film_from_pixels,
@@ -76,7 +77,8 @@ class BreastMaskd(MapTransform):
     including the edge corners that the mask's erosion/dilation cuts, is untouched, and so is the mask (crop
     and window geometry stay the original's). A label touching the breast stays. Recorded as
     ``"artefact_pixels"`` (how many were set to 0; 0 when not asked for or film).
-    A digital image's background is its minimum: when that is not 0 (a VOI window or sigmoid VOI LUT maps the
+    A digital image's background is its minimum (for a lossily stored image its most frequent low value,
+    :func:`background_level`, with JPEG's ringing below it clipped to it): when that is not 0 (a VOI window or sigmoid VOI LUT maps the
     drawn background above 0, signed data below), the image is shifted so that it is, as the ``"original"``
     rule and the window's zero padding assume; the value is recorded as ``"background_value"`` (0 otherwise).
     Recorded in the image meta: ``"breast_mask_method"``, ``"film"`` (bool) and ``"film_source"``
@@ -137,11 +139,13 @@ class BreastMaskd(MapTransform):
             plane = image_plane(image)
             film, film_source = self.decide_film(d, image, plane)
             method = "film" if film else "original"
-            background = 0.0 if film else float(plane.min())
-            if background != 0.0:
+            lossy = bool((getattr(image, "meta", {}) or {}).get("lossy_compression", False))
+            background = 0.0 if film else background_level(plane, lossy)
+            if background != 0.0 or (not film and plane.min() < 0):
                 # The original rule (pixel > 0) and the window's zero padding take a digital background of 0; a VOI
-                # window or a sigmoid VOI LUT (GE) puts the drawn background above 0, a signed image below.
-                image, plane = image - background, plane - background
+                # window or a sigmoid VOI LUT (GE) puts the drawn background above 0, a signed image below; JPEG's
+                # ringing below a background above 0 is background too.
+                image, plane = (image - background).clamp_min(0), np.maximum(plane - background, 0)
             if film:
                 mask = film_breast_mask(plane, chest_wall_side(d, image, self.flip_key))
             else:
