@@ -33,6 +33,7 @@ __all__ = [
     "GRAY_CHANNEL_TOLERANCE",
     "CHEST_WALL_CLEAR_RATIO",
     "JPEG_BLOCK",
+    "SMALL_BREAST_WINDOW_SHARE",
     "TINY_NETWORK",
 ]
 
@@ -93,6 +94,10 @@ GRAY_CHANNEL_TOLERANCE: float = 0.02
 CHEST_WALL_CLEAR_RATIO: float = 2.0
 # JPEG codes 8x8-pixel blocks: its ringing stays within one block of an edge (the film pixel rule sets it aside).
 JPEG_BLOCK: float = 8.0
+# A breast whose crop covers less than this share of the model window, in an image of unknown pixel spacing, is
+# likely a downscaled copy (a bare mini-MIAS film at 0.2 mm: 0.08-0.12; CSAW-S halved: 0.12-0.16; full-scale views
+# 0.20-0.53): the run then says once how to give the spacing (glam_bundle.transforms.spatial.BestCenterWindowd).
+SMALL_BREAST_WINDOW_SHARE: float = 1 / 6
 
 # GLAM keyword arguments of the narrowest network the tests and the benchmarks' smoke presets build (a few thousand
 # parameters): not a model to train, one that runs every code path in seconds. Config overrides:

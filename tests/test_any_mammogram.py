@@ -25,6 +25,7 @@ from glam_bundle.data.dicom_reader import dicom_film_hint, dicom_spacing
 from glam_bundle.data.phantom import as_scanned_film, make_phantom, save_dicom_atomic
 from glam_bundle.data.readers import MammogramReader
 from glam_bundle.transforms import (
+    BestCenterWindowd,
     BreastMaskd,
     OrientBreastd,
     ResampleToSpacingd,
@@ -225,6 +226,20 @@ def test_no_spacing_is_said_once_and_recorded(caplog):
     with pytest.raises(ValueError, match="spacing"):
         frame_transforms(spacing="0.2mm")
     assert not any(isinstance(t, ResampleToSpacingd) for t in frame_transforms(spacing="none"))
+
+
+def test_small_breast_of_unknown_spacing_says_how_to_give_it(chain, tmp_path, caplog):
+    # a dataset shipped downscaled: the breast of a 1104x720 view covers a tenth of the 2944x1920 window
+    BestCenterWindowd._hinted_downscaled = False
+    for rng in (1, 2):
+        phantom = make_phantom(1104, 720, view="CC", laterality="L", lesions=(), rng=rng)
+        Image.fromarray(phantom.image.astype(np.uint16)).save(tmp_path / f"small_{rng}.png")
+    with caplog.at_level(logging.WARNING):
+        for rng in (1, 2):
+            chain({"image": str(tmp_path / f"small_{rng}.png")})
+        chain({"image": str(tmp_path / "small_1.png"), "spacing_mm": 0.2})  # resampled: no hint due
+    hints = [r.message for r in caplog.records if "downscaled copies" in r.message]
+    assert len(hints) == 1 and "small_1.png" in hints[0] and "'spacing_mm'" in hints[0]
 
 
 # ------------------------------------------------------------------------------------------ phantoms as DICOM

@@ -34,7 +34,12 @@ from monai.data.meta_obj import get_track_meta
 from monai.transforms import BorderPad, Flip, InvertibleTransform, MapTransform, RandomizableTransform, Resize, SpatialCrop
 from monai.utils import TraceKeys, ensure_tuple
 
-from glam_bundle.constants import CHEST_WALL_CLEAR_RATIO, MODEL_FRAME_SIZE, NYU_PIXEL_SPACING_MM
+from glam_bundle.constants import (
+    CHEST_WALL_CLEAR_RATIO,
+    MODEL_FRAME_SIZE,
+    NYU_PIXEL_SPACING_MM,
+    SMALL_BREAST_WINDOW_SHARE,
+)
 from glam_bundle.data.errors import BadInputError
 from glam_bundle.transforms.breast.array import chest_wall_evidence, view_from_image
 from glam_bundle.transforms.spatial.array import best_center, crop_geometry, spacing_pair, window_geometry
@@ -370,6 +375,7 @@ class BestCenterWindowd(_GeometryMapTransform):
             raise KeyError("BestCenterWindowd needs the crop meta data of CropBreastd (rightmost/bottommost points).")
         view = resolve_view(d, image, self.default_view)
         plane = image_plane(image)
+        self._hint_downscaled(image, plane.shape)
         center = best_center(
             plane > 0, view, int(image.meta["rightmost_points"][1]), int(image.meta["bottommost_points"][0]), self.window_size
         )
@@ -396,6 +402,23 @@ class BestCenterWindowd(_GeometryMapTransform):
         d[self.image_key] = image
         d["view"] = view
         return d
+
+    _hinted_downscaled = False
+
+    def _hint_downscaled(self, image, crop_shape: Sequence[int]) -> None:
+        """Say once per run when a breast of unknown pixel spacing covers little of the window: a downscaled copy
+        (a dataset shipped at reduced size) is shown to the network far smaller than it was trained on."""
+        share = crop_shape[0] * crop_shape[1] / (self.window_size[0] * self.window_size[1])
+        if image.meta.get("spacing_source") != "none" or share >= SMALL_BREAST_WINDOW_SHARE:
+            return
+        if not BestCenterWindowd._hinted_downscaled:
+            BestCenterWindowd._hinted_downscaled = True
+            logger.warning(
+                "%s: its breast covers %.0f %% of the model window at its stored scale, and its pixel spacing is "
+                "unknown: if the images are downscaled copies, give their pixel spacing ('spacing_mm' in the "
+                "datalist items) so that they are resampled to %.2f mm (said once).",
+                source_name(image), 100 * share, NYU_PIXEL_SPACING_MM,
+            )
 
     def inverse_tensor(self, tensor: torch.Tensor, orig_size: Sequence[int], extra_info: Mapping) -> torch.Tensor:
         height, width = (int(v) for v in orig_size)
