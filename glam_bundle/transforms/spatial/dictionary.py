@@ -416,7 +416,8 @@ class BestCenterWindowd(_GeometryMapTransform):
             logger.warning(
                 "%s: its breast covers %.0f %% of the model window at its stored scale, and its pixel spacing is "
                 "unknown: if the images are downscaled copies, give their pixel spacing ('spacing_mm' in the "
-                "datalist items) so that they are resampled to %.2f mm (said once).",
+                "datalist items, or --frame_transforms#spacing MM for every image of the run) so that they are "
+                "resampled to %.2f mm (said once).",
                 source_name(image), 100 * share, NYU_PIXEL_SPACING_MM,
             )
 
