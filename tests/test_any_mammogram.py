@@ -343,6 +343,15 @@ def test_patient_orientation_says_where_the_chest_wall_is(chain, tmp_path):
     # CBIS-DDSM writes the view into PatientOrientation: one value, not a direction pair, so it is ignored
     garbled = chain({"image": str(write_dicom(tmp_path / "cbis.dcm", stored, PatientOrientation="CC", **tags))})
     assert garbled["image"].meta["orientation_rule"] == "content (laterality disagrees)"
+    # an exam's horizontal_flip flag (NYU) keeps the laterality rule
+    flagged = chain({"image": str(tmp_path / "rcc.dcm"), "horizontal_flip": "YES"})
+    assert flagged["image"].meta["orientation_rule"] == "laterality" and not flagged["image"].meta["flipped"]
+    # a tag the image clearly contradicts: the image decides and, with no laterality tag, names the breast
+    untagged = dict(SOPClassUID="1.2.840.10008.5.1.4.1.1.1.2", ViewPosition="CC")
+    wrong = chain({"image": str(write_dicom(tmp_path / "wrong.dcm", stored, PatientOrientation=["P", "R"], **untagged))})
+    meta = wrong["image"].meta
+    assert _faces_right(wrong) and meta["orientation_rule"] == "content (patient orientation disagrees)"
+    assert (meta["laterality"], meta["laterality_source"]) == ("L", "image")
 
 
 @pytest.mark.parametrize("view, upright, upside_down", [("MLO", ["A", "FR"], ["A", "HL"]), ("CC", ["A", "R"], ["A", "L"])])

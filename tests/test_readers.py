@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pydicom
 import pytest
 import torch
 from monai.bundle import ConfigParser
@@ -312,18 +313,47 @@ def test_file_named_dcm_that_holds_no_dicom_image_is_refused_by_name(tmp_path):
         load(path)
 
 
+def test_dicom_with_file_meta_but_no_preamble_keeps_its_transfer_syntax(tmp_path):
+    from pydicom import dcmread
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+
+    pixels = ramp()
+    ds = dcmread(write_dicom(tmp_path / "rle.dcm", pixels, bits_stored=16, compress=RLELossless))
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_file_meta_info(buffer, ds.file_meta, enforce_standard=False)
+    write_dataset(buffer, ds)
+    path = tmp_path / "IM000002"  # no suffix, no preamble: starts with the (0002,xxxx) File Meta group
+    path.write_bytes(buffer.getvalue())
+    assert MammogramReader(min_size=0).verify_suffix(str(path))
+    np.testing.assert_array_equal(load(path).numpy(), pixels)  # RLE, as its File Meta says
+
+
 def test_dicom_pixel_padding_is_background_at_either_end(tmp_path):
-    # A MONOCHROME1 view whose padding is stored 0 (white) and one whose padding range is 4000-4095 (black):
-    # both read as the inverted image with the padding black, not as a white frame around the breast.
+    # A MONOCHROME1 view whose padding is stored 0 (white), one whose padding range is 4000-4095 (black), and a
+    # 12-bit one padded with 0xFFFF (the bits above BitsStored set): each reads as the inverted image with the
+    # padding at the image's own black, not as a white frame around the breast.
     pixels = ramp() + 100  # 100 .. 1635, no stored value in either padding range
     expected = 4095.0 - pixels
-    padded = {0: dict(PixelPaddingValue=0), 4000: dict(PixelPaddingValue=4000, PixelPaddingRangeLimit=4095)}
+    padded = {
+        0: dict(PixelPaddingValue=0),
+        4000: dict(PixelPaddingValue=4000, PixelPaddingRangeLimit=4095),
+        0xFFFF: dict(PixelPaddingValue=0xFFFF),
+    }
     for padding, tags in padded.items():
         stored = pixels.copy()
-        stored[:, :5] = padding
-        image = load(write_dicom(tmp_path / f"padded_{padding}.dcm", stored, photometric="MONOCHROME1", **tags))
+        stored[:, :5] = padding & 0xFFF
+        path = write_dicom(tmp_path / f"padded_{padding}.dcm", stored, photometric="MONOCHROME1", **tags)
+        if padding > 0xFFF:  # the raw 16-bit words, as the writing unit stored them
+            ds = pydicom.dcmread(path)
+            words = np.frombuffer(ds.PixelData, dtype="<u2").reshape(H, W).copy()
+            words[:, :5] = padding
+            ds.PixelData = words.tobytes()
+            ds.save_as(path)
+        image = load(path)
         np.testing.assert_array_equal(image.numpy()[:, 5:], expected[:, 5:])
-        assert (image.numpy()[:, :5] == 0).all()
+        assert (image.numpy()[:, :5] == expected[:, 5:].min()).all(), padding
 
 
 # What archives send: JPEG Lossless (process 14, e.g. most PACS exports), JPEG-LS and JPEG 2000 (VinDr-Mammo, RSNA).

@@ -196,13 +196,14 @@ class MammogramDicomReader(PydicomReader):
             raise BadInputError(filename, f"cannot decode DICOM pixel data ({format_exception(exc)})") from exc
         padding = pixel_padding(stored, img)
         values = self._to_display(stored, img)
-        low, high = self._display_range(img)
         if str(getattr(img, "PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1":
+            low, high = self._display_range(img)
             values = (low + high) - values
         if padding is not None:
             # Padding is no image: its stored value may sit at either end (a MONOCHROME1 file padded with 0
-            # turned white, and then the whole image read as a negative). It is the background: black.
-            values[padding] = low
+            # turned white, and then the whole image read as a negative). It is background: the image's own black,
+            # so that it and the unpadded air form one flat background.
+            values[padding] = values[~padding].min()
         return np.asarray(values, dtype=np.float32)
 
     def _to_display(self, values: np.ndarray, img) -> np.ndarray:
@@ -232,23 +233,34 @@ def read_dicom(filename: PathLike, **kwargs):
         ds = dcmread(filename, **{**kwargs, "force": True})
     if "Rows" not in ds or "Columns" not in ds:
         raise BadInputError(filename, "corrupt or non-DICOM file (neither the 'DICM' marker nor a DICOM image header)")
-    implicit_vr, little_endian = getattr(ds, "original_encoding", None) or (ds.is_implicit_VR, ds.is_little_endian)
-    syntax = ImplicitVRLittleEndian if implicit_vr else ExplicitVRLittleEndian if little_endian else ExplicitVRBigEndian
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = syntax
+    file_meta = getattr(ds, "file_meta", None) or FileMetaDataset()
+    if "TransferSyntaxUID" not in file_meta:  # (a File Meta group written without the preamble names it)
+        implicit_vr, little_endian = getattr(ds, "original_encoding", None) or (ds.is_implicit_VR, ds.is_little_endian)
+        file_meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian if implicit_vr else ExplicitVRLittleEndian if little_endian else ExplicitVRBigEndian
+        )
+        ds.file_meta = file_meta
     return ds
 
 
 def pixel_padding(stored: np.ndarray, ds) -> np.ndarray | None:
     """Where the stored values are padding (PixelPaddingValue, up to PixelPaddingRangeLimit when given): a bool
-    array like ``stored``, or None when the file declares no padding."""
+    array like ``stored``, or None when the file declares no padding or every pixel would be padding.
+
+    Unsigned values are compared within BitsStored: pydicom 3 drops the bits above HighBit, pydicom 2 keeps them,
+    and a padding value may be written with them set (0xFFFF in a 12-bit image)."""
     try:
         first = int(ds.PixelPaddingValue)
         last = int(ds.get("PixelPaddingRangeLimit", first))
     except (AttributeError, TypeError, ValueError):
         return None
+    values = np.asarray(stored)
+    if int(getattr(ds, "PixelRepresentation", 0) or 0) == 0:
+        bits = (1 << int(getattr(ds, "BitsStored", 16) or 16)) - 1
+        values, first, last = values.astype(np.int64) & bits, first & bits, last & bits
     low, high = min(first, last), max(first, last)
-    return (stored >= low) & (stored <= high)
+    padding = (values >= low) & (values <= high)
+    return padding if padding.any() and not padding.all() else None
 
 
 def check_single_frame(filename: PathLike, ds) -> None:

@@ -349,11 +349,11 @@ def is_dicom_file(path: str) -> bool:
 
 def starts_as_bare_dicom_dataset(path: str) -> bool:
     """Does the file begin like a DICOM data set written without preamble and File Meta header (ACR-NEMA style,
-    older archives)? Its first element is then a little-endian (0008,xxxx) tag followed by an explicit VR (two
-    capital letters) or an implicit VR's even 32-bit length."""
+    older archives)? Its first element is then a little-endian (0002,xxxx) File Meta or (0008,xxxx) tag followed by
+    an explicit VR (two capital letters) or an implicit VR's even 32-bit length."""
     with open(path, "rb") as file:
         head = file.read(8)
-    if len(head) < 8 or head[:2] != b"\x08\x00" or head[2] % 2:
+    if len(head) < 8 or head[:2] not in (b"\x02\x00", b"\x08\x00") or head[2] % 2:
         return False
     explicit_vr = head[4:6].isalpha() and head[4:6].isupper()
     implicit_length = int.from_bytes(head[4:8], "little")

@@ -243,15 +243,18 @@ def chest_wall_on_right(mask: np.ndarray) -> bool:
     return chest_wall_evidence(mask)[0]
 
 
-def background_level(image: np.ndarray, lossy: bool = False, low_share: float = 0.1) -> float:
-    """The value of a digital mammogram's flat background: its minimum, or, for a lossily stored image, the most
-    frequent of its lowest values (the lowest ``low_share`` of its range): JPEG's ringing dips below a background
-    that a VOI window or an export put above 0 (a flat background at 0 is both)."""
+def background_level(
+    image: np.ndarray, lossy: bool = False, min_flat_background: float = 0.02, low_share: float = 0.1
+) -> float:
+    """The value of a digital mammogram's flat background: its minimum; for a lossily stored image without a flat
+    region at its minimum (under ``min_flat_background`` of the pixels), the most frequent of its lowest values
+    (the lowest ``low_share`` of its range): JPEG's ringing dips below a background that a VOI window or an export
+    put above 0."""
     image = np.asarray(image)
     if not image.size:
         return 0.0
     low = float(image.min())
-    if not lossy:
+    if not lossy or flat_background_fraction(image) >= min_flat_background:
         return low
     values, counts = np.unique(image[image <= low + low_share * (float(image.max()) - low)], return_counts=True)
     return float(values[np.argmax(counts)])
@@ -291,7 +294,7 @@ def ragged_background_specks(
         labels, count = ndi.label(region)
         if count:
             sizes = np.bincount(labels.ravel(), minlength=count + 1)
-            sizes[0] = speck + 1
+            sizes[0] = speck + 1  # label 0 is the other region, never a speck
             small = sizes[labels] <= speck
             specks |= small
             smooth[small] = other_side
@@ -354,18 +357,14 @@ def film_from_pixels(
     Returns:
         (film, source).
     """
+    level = background_level(image, lossy, min_flat_background)
+    if flat_background_fraction(image, level=level) < min_flat_background:
+        return True, "pixels:no-flat-background"
     clearance, most = (JPEG_BLOCK, 2 * max_specks) if lossy else (3.0, max_specks)
-    level = None
-    if flat_background_fraction(image) < min_flat_background:
-        # a JPEG of a digital view whose background is not at 0 rings below it: is there a flat, clean background
-        # at its most frequent low value (:func:`background_level`)? A film's darkest values are its noise.
-        level = background_level(image, lossy)
-        if not lossy or flat_background_fraction(image, level=level) < min_flat_background or (
-            ragged_background_specks(image, clearance=clearance, level=level) > most
-        ):
-            return True, "pixels:no-flat-background"
     if ragged_background_specks(image, clearance=clearance, level=level) > most:
-        return True, "pixels:ragged-background"
+        # at the minimum: a clipped film's ragged background; at a low value above the minimum (a JPEG without a
+        # flat minimum), a film's darkest values are its noise, not a background
+        return True, "pixels:ragged-background" if level == float(np.min(image)) else "pixels:no-flat-background"
     return False, "pixels:flat-background"
 
 

@@ -64,7 +64,8 @@ class BreastMaskd(MapTransform):
       (:func:`original_breast_mask`: pixel > 0, erosion ``iterations``, largest component, dilation).
     - ``"film"``: scanned film (:func:`film_breast_mask`): Otsu thresholds and the largest component at
       the chest-wall side, so film borders, markers and burned-in labels are not taken for breast. The
-      chest-wall side comes from laterality (item or reader meta) and ``horizontal_flip`` when known.
+      chest-wall side comes from DICOM PatientOrientation, else laterality (item or reader meta) and
+      ``horizontal_flip``, when known (:func:`~glam_bundle.transforms.utils.chest_wall_side`).
     - ``"auto"``: per image, film or digital as :meth:`decide_film` finds (the item's ``"film"``, the file's
       DICOM tags, else the pixels), then ``"film"`` or ``"original"``.
 
@@ -77,9 +78,10 @@ class BreastMaskd(MapTransform):
     including the edge corners that the mask's erosion/dilation cuts, is untouched, and so is the mask (crop
     and window geometry stay the original's). A label touching the breast stays. Recorded as
     ``"artefact_pixels"`` (how many were set to 0; 0 when not asked for or film).
-    A digital image's background is its minimum (for a lossily stored image its most frequent low value,
-    :func:`background_level`, with JPEG's ringing below it clipped to it): when that is not 0 (a VOI window or sigmoid VOI LUT maps the
-    drawn background above 0, signed data below), the image is shifted so that it is, as the ``"original"``
+    A digital image's background is its minimum (for a lossily stored image without a flat minimum its most
+    frequent low value, :func:`background_level`, with JPEG's ringing below it clipped to it): when that is not 0
+    (a VOI window or sigmoid VOI LUT maps the drawn background above 0, signed data below), the image is shifted
+    so that it is, as the ``"original"``
     rule and the window's zero padding assume; the value is recorded as ``"background_value"`` (0 otherwise).
     Recorded in the image meta: ``"breast_mask_method"``, ``"film"`` (bool) and ``"film_source"``
     ("setting", "datalist", "dicom:<tag>", "pixels:..."). The item's ``"film"`` key is consumed.

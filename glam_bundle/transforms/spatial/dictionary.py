@@ -230,7 +230,8 @@ class OrientBreastd(_GeometryMapTransform):
         flipped = side == "right"
         laterality, laterality_source = laterality_with_source(d, image)
         upside_down = stored_upside_down(image, laterality)
-        if laterality is None and rule in ("content", "patient orientation") and self.mode == "laterality":
+        side_found = rule.startswith("content") or rule == "patient orientation"
+        if laterality is None and side_found and self.mode == "laterality":
             # nothing names the breast: the side of its chest wall does (horizontal_flip 'YES' mirrors it)
             mirrored = str(d.get(self.flip_key, "NO")).upper() == "YES"
             laterality, laterality_source = ("R" if (side == "right") != mirrored else "L"), "image"
