@@ -175,10 +175,11 @@ class GLAMInferenceWriter:
     run gets ``_2``, ``_3``, ... For the run: ``predictions.csv`` (``PREDICTION_COLUMNS``: image,
     benign_pred, malignant_pred, labels when known, patch corners, then the output files relative to
     ``output_dir`` and, when the image meta holds them, view, laterality, film and pixel spacing with their
-    sources, and ``inverted``) and ``failures.csv`` (image, error) with the cases that could not be read or
-    written. All files appear atomically; while the run goes on, rows are appended (and flushed) to
-    ``predictions.csv.partial``, so a killed run keeps every finished prediction. At the end of the run, :meth:`log_summary` (the config's last run
-    step) logs how many images failed and where they are listed; when every image failed the handler raises
+    sources, ``inverted`` and the orientation: ``META_COLUMNS``) and ``failures.csv`` (image, error) with the
+    cases that could not be read or written. All files appear atomically; while the run goes on, rows are
+    appended (and flushed) to ``predictions.csv.partial``, so a killed run keeps every finished prediction. At the
+    end of the run, :meth:`log_summary` (the config's last run step) logs how many images failed and where they
+    are listed; when every image failed the handler raises
     :class:`glam_bundle.errors.AllCasesFailedError` (one line ``error: all N images failed ...``, exit status 2).
 
     Under ``torchrun`` (``configs/multi_gpu_inference.json``: each rank gets its share of the images from a

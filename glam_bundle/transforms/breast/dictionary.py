@@ -81,8 +81,8 @@ class BreastMaskd(MapTransform):
     A digital image's background is its minimum (for a lossily stored image without a flat minimum its most
     frequent low value, :func:`background_level`, with JPEG's ringing below it clipped to it): when that is not 0
     (a VOI window or sigmoid VOI LUT maps the drawn background above 0, signed data below), the image is shifted
-    so that it is, as the ``"original"``
-    rule and the window's zero padding assume; the value is recorded as ``"background_value"`` (0 otherwise).
+    so that it is, as the ``"original"`` rule and the window's zero padding assume; the value is recorded as
+    ``"background_value"`` (0 otherwise).
     Recorded in the image meta: ``"breast_mask_method"``, ``"film"`` (bool) and ``"film_source"``
     ("setting", "datalist", "dicom:<tag>", "pixels:..."). The item's ``"film"`` key is consumed.
     """
@@ -143,7 +143,7 @@ class BreastMaskd(MapTransform):
             method = "film" if film else "original"
             lossy = bool((getattr(image, "meta", {}) or {}).get("lossy_compression", False))
             background = 0.0 if film else background_level(plane, lossy)
-            if background != 0.0 or (not film and plane.min() < 0):
+            if not film and (background != 0.0 or plane.min() < 0):
                 # The original rule (pixel > 0) and the window's zero padding take a digital background of 0; a VOI
                 # window or a sigmoid VOI LUT (GE) puts the drawn background above 0, a signed image below; JPEG's
                 # ringing below a background above 0 is background too.

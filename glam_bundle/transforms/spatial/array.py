@@ -179,9 +179,9 @@ def map_to_model_frame(meta: Mapping, points: np.ndarray | Sequence[Sequence[flo
     """Map (row, col) points of the raw image into the preprocessed window, using the image meta data.
 
     Follows the bookkeeping of :class:`ResampleToSpacingd` (``resample_factor``, pixel centres scaled),
-    :class:`OrientBreastd` (``flipped``, ``flipped_vertically``, ``oriented_shape``), :class:`CropBreastd` (``crop_box``) and
-    :class:`BestCenterWindowd` (``window_pad``, ``window_origin``, ``window_box``). Crop noise is not
-    modelled (use it on inference items).
+    :class:`OrientBreastd` (``flipped``, ``flipped_vertically``, ``oriented_shape``), :class:`CropBreastd`
+    (``crop_box``) and :class:`BestCenterWindowd` (``window_pad``, ``window_origin``, ``window_box``). Crop noise
+    is not modelled (use it on inference items).
 
     Args:
         points: (N, 2) raw (row, col) coordinates.

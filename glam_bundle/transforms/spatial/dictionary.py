@@ -7,7 +7,8 @@ masks already drawn in the preprocessed model frame (the NYU sample segmentation
 
 Geometry bookkeeping is written into the image's ``MetaTensor.meta`` so that a model-frame pixel can be mapped
 back to the raw image (:func:`glam_bundle.transforms.spatial.array.map_to_model_frame`): ``"flipped"`` (bool,
-left-right flip applied), ``"flipped_vertically"`` (bool, top-bottom flip of an image stored upside down), ``"crop_box"`` (rows/cols ``[y0, y1, x0, x1]`` of the crop in the oriented raw frame),
+left-right flip applied), ``"flipped_vertically"`` (bool, top-bottom flip of an image stored upside down),
+``"crop_box"`` (rows/cols ``[y0, y1, x0, x1]`` of the crop in the oriented raw frame),
 ``"best_center"`` ([row, col] in the crop), ``"window_pad"`` ([top, bottom, right] zero padding) and
 ``"window_box"`` ([top, bottom, left, right] of the window in the padded crop), ``"resample_factor"``
 ([row, col]) and, after noise, ``"noise_box"``.
